@@ -1,0 +1,123 @@
+"""Stage 2 — map the user's world into the canonical frame (object inside [-1, 1]³) and back.
+
+Bounds come from the job when given; otherwise from a visual hull of the masks, carved first in a loose box
+around the point the cameras look at and then tightened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .hull import carve, lattice
+from .progress import Hooks
+from .views import Bounds, View
+
+
+@dataclass(frozen=True)
+class NormaliseConfig:
+    margin: float = 0.08
+    """Extra room around the object, as a fraction of its half-size, inside [-1, 1]³."""
+    hull_resolution: int = 96
+    """Cells per side of the grid used to estimate bounds from the masks."""
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """canonical = (world − centre) / scale; world = centre + scale · canonical (no rotation)."""
+
+    centre: np.ndarray
+    scale: float
+
+    @property
+    def world_from_canonical(self) -> np.ndarray:
+        m = np.eye(4)
+        m[:3, :3] *= self.scale
+        m[:3, 3] = self.centre
+        return m
+
+    def to_canonical(self, view: View) -> View:
+        translate = np.eye(4)
+        translate[:3, 3] = self.centre
+        camera = view.camera.transformed(translate, 1.0 / self.scale)
+        depth = None if view.depth is None else view.depth / self.scale
+        return replace(view, camera=camera, depth=depth)
+
+    def to_canonical_points(self, points: np.ndarray) -> np.ndarray:
+        return (np.asarray(points) - self.centre) / self.scale
+
+
+def look_at_point(views: list[View]) -> np.ndarray:
+    """Least-squares point closest to every camera's optical axis (the point the rig looks at)."""
+    A = np.zeros((3, 3))
+    b = np.zeros(3)
+    for v in views:
+        d = v.camera.forward
+        P = np.eye(3) - np.outer(d, d)
+        A += P
+        b += P @ v.camera.centre
+    if np.linalg.cond(A) > 1e8:  # all axes parallel: fall back to a point in front of the cameras
+        return np.mean([v.camera.centre + v.camera.forward for v in views], axis=0)
+    return np.linalg.solve(A, b)
+
+
+def _loose_half_size(views: list[View], centre: np.ndarray) -> float:
+    sizes = []
+    for v in views:
+        cam = v.camera
+        if cam.orthographic:
+            sizes.append(0.5 * max(cam.width / cam.K[0, 0], cam.height / cam.K[1, 1]))
+        else:
+            dist = float(np.linalg.norm(cam.centre - centre))
+            sizes.append(dist * 0.5 * max(cam.width / cam.K[0, 0], cam.height / cam.K[1, 1]))
+    return float(np.median(sizes))
+
+
+def bounds_from_masks(views: list[View], config: NormaliseConfig, device, hooks: Hooks | None = None) -> Bounds:
+    """Carve twice (loose box, then the occupied box grown by 15 %) and return the occupied box."""
+    cams = [v.camera for v in views]
+    masks = [v.mask for v in views]
+    centre = look_at_point(views)
+    half = _loose_half_size(views, centre)
+    lo, hi = centre - half, centre + half
+    for _ in range(2):
+        res = config.hull_resolution
+        pts = lattice(lo, hi, res, device)
+        keep = carve(cams, masks, pts, hooks=hooks)
+        if not bool(keep.any()):
+            raise InputError(
+                "the masks do not agree on any region of space: the visual hull is empty.",
+                fix="check that the cameras match the images (convention, units) and that the masks cover the object.",
+            )
+        occ = pts[keep].cpu().numpy()
+        cell = (hi - lo) / res
+        new_lo, new_hi = occ.min(0) - cell, occ.max(0) + cell
+        grow = 0.15 * (new_hi - new_lo)
+        lo, hi = new_lo - grow, new_hi + grow
+    return Bounds(centre=(new_lo + new_hi) / 2, size=new_hi - new_lo)
+
+
+def normalisation_for(bounds: Bounds, config: NormaliseConfig) -> Normalisation:
+    half = float(np.max(bounds.size)) / 2
+    if not np.isfinite(half) or half <= 0:
+        raise InputError("the bounds have zero or invalid size.", fix="give bounds with a positive size.")
+    return Normalisation(centre=np.asarray(bounds.centre, dtype=np.float64), scale=half * (1 + config.margin))
+
+
+def normalise(
+    views: list[View], bounds: Bounds | None, config: NormaliseConfig, device, hooks: Hooks | None = None
+) -> tuple[list[View], Normalisation, Bounds]:
+    """Views in the canonical frame, the normalisation, and the world bounds that were used."""
+    if bounds is None:
+        if any(v.mask is None for v in views):
+            raise InputError(
+                "no bounds and no masks: the object's extent is unknown.",
+                fix="give images with alpha, mask files, a background colour key, or job bounds.",
+            )
+        with torch.no_grad():
+            bounds = bounds_from_masks(views, config, device, hooks)
+    norm = normalisation_for(bounds, config)
+    return [norm.to_canonical(v) for v in views], norm, bounds

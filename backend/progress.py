@@ -1,0 +1,72 @@
+"""Progress reporting and cancellation for long-running stages.
+
+Every long loop calls ``hooks.report(stage, step, total)``; that both forwards progress and raises
+:class:`~backend.errors.Cancelled` when the caller asked to stop.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import Cancelled
+
+ProgressFn = Callable[[str, int, int, str], None]
+"""(stage, step, total, message) → None."""
+
+
+def _no_progress(stage: str, step: int, total: int, message: str) -> None:
+    return None
+
+
+@dataclass
+class Hooks:
+    """What a stage needs from its caller: where to report progress, and whether to stop."""
+
+    progress: ProgressFn = _no_progress
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+
+    def report(self, stage: str, step: int, total: int, message: str = "") -> None:
+        self.check_cancel()
+        self.progress(stage, step, total, message)
+
+    def check_cancel(self) -> None:
+        if self.cancel_event.is_set():
+            raise Cancelled("cancelled by the caller")
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+
+class ConsoleProgress:
+    """A single-line progress bar on stderr, redrawn at most ~10 times a second."""
+
+    def __init__(self, stream=None, width: int = 30):
+        self.stream = stream or sys.stderr
+        self.width = width
+        self._last = 0.0
+        self._stage = None
+        self._start = time.perf_counter()
+
+    def __call__(self, stage: str, step: int, total: int, message: str = "") -> None:
+        now = time.perf_counter()
+        done = total > 0 and step >= total
+        if stage == self._stage and not done and now - self._last < 0.1:
+            return
+        if stage != self._stage and self._stage is not None:
+            self.stream.write("\n")
+        self._stage, self._last = stage, now
+        frac = min(max(step / total, 0.0), 1.0) if total > 0 else 0.0
+        filled = int(frac * self.width)
+        bar = "#" * filled + "-" * (self.width - filled)
+        elapsed = now - self._start
+        self.stream.write(f"\r{stage:<10} [{bar}] {step}/{total} {elapsed:6.1f}s {message[:40]:<40}")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._stage is not None:
+            self.stream.write("\n")
+            self.stream.flush()
