@@ -137,6 +137,7 @@ try:
 except Exception as exc:
     req, name = None, "torch"
     out["spec_error"] = str(exc)
+out["name"] = name
 try:
     out["torch_version"] = md.version(name)
 except md.PackageNotFoundError:
@@ -173,6 +174,8 @@ def probe(python: Path, torch_spec: str, dists: list[str]) -> dict:
         raise InstallError(f"could not read the environment's state: {result.stdout!r} {result.stderr!r}") from exc
     if "spec_error" in data:
         raise InstallError(f"--torch-spec {torch_spec!r} is not a valid requirement: {data['spec_error']}")
+    if data["name"].lower() != "torch":
+        raise InstallError(f"--torch-spec must be a requirement for torch (like \"torch==2.7.1\"), got {torch_spec!r}")
     return data
 
 
@@ -349,8 +352,6 @@ def main(argv: list[str] | None = None) -> int:
         info(f"{mode.upper()} ({gpu_reason})")
 
     torch_spec = args.torch_spec or (DEFAULT_CUDA_TORCH if mode == "cuda" else DEFAULT_CPU_TORCH)
-    if not torch_spec.lower().lstrip().startswith("torch"):
-        raise InstallError(f"--torch-spec must be a requirement for torch (like \"torch==2.7.1\"), got {torch_spec!r}")
     index_url = args.torch_index_url
     if index_url is None and mode == "cuda" and os.name == "nt" and args.torch_spec is None:
         index_url = DEFAULT_WINDOWS_CUDA_INDEX
@@ -359,6 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     state = probe(python, torch_spec, dists)
     if install_torch(python, mode, torch_spec, index_url, state):
         state = probe(python, torch_spec, dists)
+        if state["torch_error"]:
+            raise InstallError(f"torch was installed but does not import: {state['torch_error']}")
+        info(f"installed torch {state['torch_version']} ({'CUDA ' + state['torch_cuda'] if state['torch_cuda'] else 'CPU'}"
+             " build)")
+        if mode == "cuda" and not state["torch_cuda"]:
+            info("WARNING: CUDA was requested but pip picked a CPU-only torch build; pass the CUDA wheel index, e.g. "
+                 "--torch-index-url https://download.pytorch.org/whl/cu126")
     if args.force:
         (venv / STAMP_NAME).unlink(missing_ok=True)
     install_backend(python, venv, args.dev, state)

@@ -187,8 +187,6 @@ def fit(
             a = rays.alpha[idx, None]
             target = target * a + bg * (1 - a)
         out = render_rays(field, rays.origins[idx], rays.dirs[idx], occupancy, config.render, bg, jitter=True)
-        import os
-        if os.environ.get("DBG"): print(out.samples)
         mse = F.mse_loss(out.rgb, target)
         loss = mse + config.tv_weight * total_variation(field.planes)
         if rays.alpha is not None and config.mask_weight > 0:

@@ -260,7 +260,9 @@ def _torch_marching_cubes(
         strides = torch.tensor([Y * Z, Z, 1], dtype=torch.int64, device=device)
         edge_off = (edge_start * strides).sum(1)  # (12,)
         gid = (base[cell_of_tri, None] + edge_off[local]) * 3 + edge_axis[local]
+        del local, slot, first, cell_of_tri, base  # keep the peak low on large outputs
         uniq, inverse = _unique_inverse(gid.reshape(-1))
+        del gid
         faces = inverse.reshape(-1, 3)
 
         axis = uniq % 3

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .cameras import Camera
@@ -109,11 +108,7 @@ def rasterize_2d(
     xy = points.to(torch.float64)
     valid = torch.isfinite(xy[triangles]).all(dim=2).all(dim=1)
     if _choose_backend(backend, points.device) == "nvdiffrast":
-        ndc = torch.stack([2.0 * xy[:, 0] / W - 1.0, 2.0 * xy[:, 1] / H - 1.0], dim=1)
-        ones = torch.ones_like(ndc[:, :1])
-        clip = torch.cat([ndc, torch.zeros_like(ones), ones], dim=1)
-        frags = _nvdiffrast_call(clip, triangles, valid, H, W, vertex_z=None)
-        return frags
+        return _nvdiffrast_call(_clip_2d(xy, H, W), triangles, valid, H, W, vertex_z=None)
     return _torch_rasterize(xy, None, triangles, valid, H, W, perspective=False)
 
 
@@ -255,8 +250,8 @@ def _torch_rasterize(
         zcoef = torch.zeros((M, 3), dtype=torch.float64, device=device)
 
     # Work items: triangles, with tall bounding boxes split into row bands so that no item exceeds the budget.
-    bw = (i_max - i_min + 1).long()[tri]
-    bh = (j_max - j_min + 1).long()[tri]
+    bw = (i_max - i_min + 1).long().index_select(0, tri)
+    bh = (j_max - j_min + 1).long().index_select(0, tri)
     rows_per_band = (CHUNK_CANDIDATES // bw).clamp_min(1)
     nbands = (bh + rows_per_band - 1) // rows_per_band
     if bool((nbands > 1).any()):
@@ -271,7 +266,7 @@ def _torch_rasterize(
         item_tri = tri
         row_off = torch.zeros_like(tri)
         item_h, item_w = bh, bw
-    c = coef[item_tri]
+    c = coef.index_select(0, item_tri)
     roff = row_off.to(torch.float64)
     c[:, 4] = c[:, 4] + c[:, 1] * roff  # move each item's origin down by its row offset
     c[:, 5] = c[:, 5] + c[:, 3] * roff
@@ -279,24 +274,26 @@ def _torch_rasterize(
     item_col = i_min.long()[item_tri]
     item_row = j_min.long()[item_tri] + row_off
     item_zc = zcoef[item_tri].to(torch.float32)
-    counts = item_w * item_h
-
     zbuf = torch.full((H * W,), _INT64_MAX, dtype=torch.int64, device=device)
-    counts_cpu = counts.cpu().numpy()
-    cum = np.cumsum(counts_cpu)
-    starts = torch.as_tensor(np.concatenate([[0], cum[:-1]]), device=device)
-    n_items = len(counts_cpu)
-    s = 0
-    while s < n_items:
-        base = cum[s - 1] if s > 0 else 0
-        e = int(np.searchsorted(cum, base + CHUNK_CANDIDATES, side="right"))
-        e = max(e, s + 1)
-        total = int(cum[e - 1] - base)
-        _raster_chunk(
-            s, e, total, int(base), starts, counts, item_w, item_col, item_row, item_coef, item_zc, item_tri,
-            zbuf, W, perspective=perspective, with_depth=z is not None,
-        )  # fmt: skip
-        s = e
+
+    # Group items by padded bounding-box shape; each group is evaluated densely as (B, h, w) blocks.
+    pad_h, pad_w = _pad_size(item_h), _pad_size(item_w)
+    base = 2 * W + 2  # > any padded width (padding adds at most 25 %)
+    shape_key = pad_h * base + pad_w
+    order = torch.argsort(shape_key)
+    keys, group_sizes = torch.unique_consecutive(shape_key[order], return_counts=True)
+    first = 0
+    for key, size in zip(keys.tolist(), group_sizes.tolist()):
+        group = order[first : first + size]
+        first += size
+        hp, wp = divmod(int(key), base)
+        per_block = max(1, CHUNK_CANDIDATES // (hp * wp))
+        for b in range(0, size, per_block):
+            sel = group[b : b + per_block]
+            _raster_block(
+                hp, wp, sel, item_tri, item_col, item_row, item_w, item_h, item_coef, item_zc, zbuf, W,
+                perspective=perspective, with_depth=z is not None,
+            )  # fmt: skip
 
     # Resolve: winning triangle per pixel, then its barycentrics recomputed once per pixel in float64.
     covered = zbuf != _INT64_MAX
@@ -305,16 +302,16 @@ def _torch_rasterize(
     bary = torch.zeros((H * W, 3), dtype=torch.float32, device=device)
     depth = torch.zeros((H * W,), dtype=torch.float32, device=device)
     if pix.numel():
-        t = tid[pix]
-        dx = (pix % W).to(torch.float64) - i_min[t]
-        dy = (pix // W).to(torch.float64) - j_min[t]
-        k = coef[t]
+        t = tid.index_select(0, pix)
+        dx = (pix % W).to(torch.float64) - i_min.index_select(0, t)
+        dy = (pix // W).to(torch.float64) - j_min.index_select(0, t)
+        k = coef.index_select(0, t)
         l0 = k[:, 4] + k[:, 0] * dx + k[:, 1] * dy
         l1 = k[:, 5] + k[:, 2] * dx + k[:, 3] * dy
         lam = torch.stack([l0, l1, 1.0 - l0 - l1], dim=1).clamp_min(0.0)
         lam = lam / lam.sum(dim=1, keepdim=True).clamp_min(1e-30)
         if z is not None:
-            zc = zcoef[t]
+            zc = zcoef.index_select(0, t)
             if perspective:
                 w = lam * zc
                 s_ = w.sum(dim=1, keepdim=True)
@@ -328,58 +325,57 @@ def _torch_rasterize(
     return Fragments(tid.reshape(H, W), bary.reshape(H, W, 3), depth.reshape(H, W))
 
 
-def _raster_chunk(
-    s: int,
-    e: int,
-    total: int,
-    base: int,
-    starts: torch.Tensor,
-    counts: torch.Tensor,
-    item_w: torch.Tensor,
+def _pad_size(n: torch.Tensor) -> torch.Tensor:
+    """Round sizes up to one of 1..8, then 4 steps per octave (10, 12, 14, 16, 20, ...): ≤ 25 % padding."""
+    step = torch.pow(2.0, torch.floor(torch.log2(n.clamp_min(1).to(torch.float64))) - 2).clamp_min(1).long()
+    return (n + step - 1) // step * step
+
+
+def _raster_block(
+    hp: int,
+    wp: int,
+    sel: torch.Tensor,
+    item_tri: torch.Tensor,
     item_col: torch.Tensor,
     item_row: torch.Tensor,
+    item_w: torch.Tensor,
+    item_h: torch.Tensor,
     item_coef: torch.Tensor,
     item_zc: torch.Tensor,
-    item_tri: torch.Tensor,
     zbuf: torch.Tensor,
     W: int,
     *,
     perspective: bool,
     with_depth: bool,
 ) -> None:
-    """Expand items [s, e) to their candidate pixels, test coverage, and z-buffer into ``zbuf`` (packed keys)."""
+    """Evaluate items ``sel`` on their (hp, wp) padded boxes at once and z-buffer into ``zbuf`` (packed keys)."""
     device = zbuf.device
-    items = torch.arange(s, e, device=device)
-    idx = torch.repeat_interleave(items, counts[s:e], output_size=total)
-    local = torch.arange(total, device=device) + base - starts[idx]
-    w = item_w[idx]
-    dy = torch.div(local, w, rounding_mode="floor")
-    dx = local - dy * w
-    k = item_coef[idx]  # (n, 6) float32
-    dxf = dx.to(torch.float32)
-    dyf = dy.to(torch.float32)
-    l0 = k[:, 4] + k[:, 0] * dxf + k[:, 1] * dyf
-    l1 = k[:, 5] + k[:, 2] * dxf + k[:, 3] * dyf
+    k = item_coef.index_select(0, sel)[:, :, None, None]  # (B, 6, 1, 1) float32
+    dx = torch.arange(wp, device=device, dtype=torch.float32)[None, None, :]
+    dy = torch.arange(hp, device=device, dtype=torch.float32)[None, :, None]
+    l0 = (k[:, 4] + k[:, 1] * dy) + k[:, 0] * dx  # (B, hp, wp)
+    l1 = (k[:, 5] + k[:, 3] * dy) + k[:, 2] * dx
     l2 = 1.0 - l0 - l1
-    inside = (l0 >= -_EDGE_EPS) & (l1 >= -_EDGE_EPS) & (l2 >= -_EDGE_EPS)
-    sel = torch.nonzero(inside).squeeze(1)
-    if sel.numel() == 0:
-        return
-    idx = idx[sel]
-    pix = (item_row[idx] + dy[sel]) * W + item_col[idx] + dx[sel]
-    tri = item_tri[idx]
+    w = item_w.index_select(0, sel)[:, None, None]
+    h = item_h.index_select(0, sel)[:, None, None]
+    inside = (dx < w) & (dy < h)  # the padding beyond each item's own box
+    inside = inside & (l0 >= -_EDGE_EPS) & (l1 >= -_EDGE_EPS) & (l2 >= -_EDGE_EPS)
+    tri = item_tri.index_select(0, sel)[:, None, None]
     if with_depth:
-        zc = item_zc[idx]
-        lam = torch.stack([l0[sel], l1[sel], l2[sel]], dim=1)
-        d = (lam * zc).sum(dim=1)
+        zc = item_zc.index_select(0, sel)[:, :, None, None]
+        d = l0 * zc[:, 0] + l1 * zc[:, 1] + l2 * zc[:, 2]
         if perspective:
-            d = 1.0 / d.clamp_min(1e-30)
+            d = torch.reciprocal(d.clamp_min(1e-30))
         d = d.clamp_min(0.0)
         # Non-negative float32 bit patterns order like the floats, so (depth bits, triangle) packs into one key.
         key = (d.view(torch.int32).to(torch.int64) << 32) | tri
     else:
-        key = tri
-    zbuf.scatter_reduce_(0, pix, key, reduce="amin")
+        key = tri.expand(-1, hp, wp)
+    key = torch.where(inside, key, _INT64_MAX)
+    row = item_row.index_select(0, sel)[:, None, None] + torch.arange(hp, device=device)[None, :, None]
+    col = item_col.index_select(0, sel)[:, None, None] + torch.arange(wp, device=device)[None, None, :]
+    pix = torch.where(inside, row * W + col, 0)
+    zbuf.scatter_reduce_(0, pix.reshape(-1), key.reshape(-1), reduce="amin")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -391,11 +387,13 @@ _NV_CONTEXTS: dict = {}
 def _nvdiffrast_context(device: torch.device):
     import nvdiffrast.torch as dr
 
-    key = (device.type, device.index if device.index is not None else torch.cuda.current_device())
-    ctx = _NV_CONTEXTS.get(key)
+    index = device.index
+    if index is None:
+        index = torch.cuda.current_device() if device.type == "cuda" else 0
+    ctx = _NV_CONTEXTS.get((device.type, index))
     if ctx is None:
-        ctx = dr.RasterizeCudaContext(device=torch.device("cuda", key[1]))
-        _NV_CONTEXTS[key] = ctx
+        ctx = dr.RasterizeCudaContext(device=torch.device(device.type, index))
+        _NV_CONTEXTS[(device.type, index)] = ctx
     return ctx
 
 
@@ -428,6 +426,13 @@ def _nvdiffrast_rasterize(cam: torch.Tensor, faces: torch.Tensor, valid: torch.T
         y_clip = (2.0 * K[1, 1] / H) * cam[:, 1] + (2.0 * K[1, 2] / H - 1.0) * z
         clip = torch.stack([x_clip, y_clip, a * z + b, z], dim=1)
     return _nvdiffrast_call(clip, faces, valid, H, W, vertex_z=z)
+
+
+def _clip_2d(xy: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """Pixel coordinates (P, 2) → clip positions (P, 4) at z = 0, w = 1 (same row mapping as below)."""
+    ndc = torch.stack([2.0 * xy[:, 0] / W - 1.0, 2.0 * xy[:, 1] / H - 1.0], dim=1)
+    ones = torch.ones_like(ndc[:, :1])
+    return torch.cat([ndc, torch.zeros_like(ones), ones], dim=1)
 
 
 def _nvdiffrast_call(

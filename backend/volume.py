@@ -30,11 +30,13 @@ class RenderConfig:
 @dataclass
 class RenderOutput:
     """Per-ray results: ``rgb`` (R, 3) composited on the background, ``opacity`` (R,), ``depth`` (R,) the
-    expected ray distance t (0 where empty), ``samples`` the number of network-evaluated samples (with grad)."""
+    expected ray distance t (0 where empty), ``depth_median`` (R,) the distance where opacity reaches ½ (0 where it
+    never does), ``samples`` the number of network-evaluated samples (with grad)."""
 
     rgb: torch.Tensor
     opacity: torch.Tensor
     depth: torch.Tensor
+    depth_median: torch.Tensor
     samples: int
 
 
@@ -148,8 +150,29 @@ def render_rays(
     tau = sigma * step
     transmittance = torch.exp(-_segment_exclusive_cumsum(tau, ray_index, R)).to(tau.dtype)
     weights = transmittance * (1 - torch.exp(-tau))
+    with torch.no_grad():
+        crossing = (transmittance > 0.5) & (transmittance - weights <= 0.5)
+        depth_median = torch.zeros(R, device=origins.device).index_put_((ray_index[crossing],), t[crossing])
     opacity = torch.zeros(R, device=origins.device).index_add(0, ray_index, weights)
     color = torch.zeros(R, 3, device=origins.device).index_add(0, ray_index, weights[:, None] * rgb)
     depth = torch.zeros(R, device=origins.device).index_add(0, ray_index, weights * t)
     color = color + (1 - opacity)[:, None] * background
-    return RenderOutput(rgb=color, opacity=opacity, depth=depth, samples=int(len(pts)))
+    return RenderOutput(rgb=color, opacity=opacity, depth=depth, depth_median=depth_median, samples=int(len(pts)))
+
+
+@torch.no_grad()
+def render_image(
+    field: TriplaneField, occupancy: OccupancyGrid, camera, config: RenderConfig, background=(1.0, 1.0, 1.0),
+    rays_per_chunk: int = 32768,
+) -> torch.Tensor:
+    """Volume-render a whole view (canonical camera) → (H, W, 3) on a flat background."""
+    from .cameras import ray_bundle
+
+    device = field.planes.device
+    origins, dirs = ray_bundle(camera, device)
+    bg = torch.as_tensor(background, dtype=torch.float32, device=device)
+    parts = [
+        render_rays(field, o, d, occupancy, config, bg).rgb
+        for o, d in zip(origins.view(-1, 3).split(rays_per_chunk), dirs.view(-1, 3).split(rays_per_chunk))
+    ]
+    return torch.cat(parts).view(camera.height, camera.width, 3)

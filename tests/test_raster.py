@@ -319,3 +319,65 @@ def test_nvdiffrast_rasterize_2d_matches_torch():
     xy_ref = interpolate(pts, tris, ref)
     xy_nv = interpolate(pts, tris, nv)
     torch.testing.assert_close(xy_nv, xy_ref, atol=1e-3, rtol=0)
+
+
+class _EmulatedNvdiffrast:
+    """Stands in for ``nvdiffrast.torch`` on CPU, following its documented conventions: clip-space input, pixel
+    centres sampled, image row r at NDC y = (2r + 1) / H - 1, output (u, v, z/w, triangle + 1) with u, v the
+    perspective-correct weights of corners 0 and 1. Checks our clip-space set-up and output conversion."""
+
+    contexts = 0
+
+    class RasterizeCudaContext:
+        def __init__(self, device=None):
+            _EmulatedNvdiffrast.contexts += 1
+
+    @staticmethod
+    def rasterize(ctx, pos, tri, resolution, grad_db=True):
+        Hr, Wr = resolution
+        p = pos[0].double()
+        w = p[:, 3]
+        ndc = p[:, :3] / w[:, None]
+        xy = torch.stack([(ndc[:, 0] + 1) * 0.5 * Wr, (ndc[:, 1] + 1) * 0.5 * Hr], 1)
+        faces = tri.long()
+        valid = ((ndc[faces, 2] >= -1) & (ndc[faces, 2] <= 1)).all(1)
+        if bool((w != 1).any()):
+            f = raster._torch_rasterize(xy, w, faces, valid, Hr, Wr, perspective=True)
+        else:
+            f = raster._torch_rasterize(xy, ndc[:, 2] + 2.0, faces, valid, Hr, Wr, perspective=False)
+        rast = torch.stack([f.barycentric[..., 0], f.barycentric[..., 1], f.depth, (f.triangle_id + 1).float()], -1)
+        return rast[None], None
+
+
+@pytest.mark.parametrize("ortho", [False, True], ids=["pinhole", "orthographic"])
+def test_nvdiffrast_adapter_with_emulated_rasteriser(ortho, monkeypatch):
+    import sys
+    import types
+
+    module = types.ModuleType("nvdiffrast")
+    module.torch = _EmulatedNvdiffrast
+    monkeypatch.setitem(sys.modules, "nvdiffrast", module)
+    monkeypatch.setitem(sys.modules, "nvdiffrast.torch", _EmulatedNvdiffrast)
+    monkeypatch.setattr(raster, "_NV_CONTEXTS", {})
+    camera = ortho_camera() if ortho else pinhole_camera()
+    verts, faces = random_mesh(4)
+    v, f = torch.from_numpy(verts), torch.from_numpy(faces)
+    ref = rasterize(v, f, camera, backend="torch")
+    cam = raster._to_camera_frame(v, camera)
+    valid = (cam[f, 2] >= 1e-3).all(1)
+    emu = raster._nvdiffrast_rasterize(cam, f, valid, camera)
+    emu2 = raster._nvdiffrast_rasterize(cam, f, valid, camera)
+    assert _EmulatedNvdiffrast.contexts >= 1 and len(raster._NV_CONTEXTS) == 1  # context cached
+    assert torch.equal(emu.triangle_id, emu2.triangle_id)
+    same = emu.triangle_id == ref.triangle_id
+    assert same.float().mean() > 0.98
+    torch.testing.assert_close(emu.barycentric[same], ref.barycentric[same], atol=1e-4, rtol=0)
+    torch.testing.assert_close(emu.depth[same], ref.depth[same], atol=0, rtol=1e-4)
+    assert torch.all(emu.depth[~emu.mask] == 0) and torch.all(emu.barycentric[~emu.mask] == 0)
+    # UV-space path: 2-D pixel coordinates through the same adapter.
+    pts = torch.tensor([[2.2, 3.3], [10.7, 3.3], [10.7, 7.6], [2.2, 7.6]], dtype=torch.float64)
+    tris = torch.tensor([[0, 1, 2], [0, 2, 3]])
+    emu_2d = raster._nvdiffrast_call(raster._clip_2d(pts, 12, 14), tris, torch.ones(2, dtype=torch.bool), 12, 14, None)
+    ref_2d = rasterize_2d(pts, tris, 12, 14, backend="torch")
+    assert torch.equal(emu_2d.mask, ref_2d.mask)
+    torch.testing.assert_close(interpolate(pts.float(), tris, emu_2d), interpolate(pts.float(), tris, ref_2d))

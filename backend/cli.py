@@ -1,0 +1,173 @@
+"""Command line: ``python -m backend reconstruct | demo | eval``.
+
+Input errors print one line (no traceback) and exit with status 2; a cancel (Ctrl+C) exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .errors import Cancelled, InputError
+
+EXIT_INPUT_ERROR = 2
+EXIT_CANCELLED = 130
+
+
+def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", choices=["draft", "standard", "high"], default=None,
+                   help="quality/speed preset (default: the job's option, else draft)")
+    p.add_argument("--texture", choices=["vertex", "uv"], default=None, help="vertex colours or a UV texture")
+    p.add_argument("--texture-size", type=int, default=None, help="texture side in pixels for --texture uv")
+    p.add_argument("--faces", type=int, default=None, help="decimate the mesh to at most this many faces")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: CUDA when present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _options(args: argparse.Namespace) -> dict:
+    keys = {"preset": args.preset, "texture": args.texture, "texture_size": args.texture_size, "faces": args.faces}
+    return {k: v for k, v in keys.items() if v is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m backend", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    rec = sub.add_parser("reconstruct", help="posed images → textured mesh")
+    rec.add_argument("input", help="job.json, a transforms*.json, or a folder holding one (or cam_XXX.txt files)")
+    rec.add_argument("--output", "-o", required=True, help="output folder (mesh.npz, mesh.glb, metrics.json)")
+    rec.add_argument("--formats", default="npz,glb", help="comma-separated: npz,glb,obj,ply (default npz,glb)")
+    _add_pipeline_flags(rec)
+    rec.set_defaults(run=cmd_reconstruct)
+
+    demo = sub.add_parser("demo", help="reconstruct a built-in procedural object and score it")
+    demo.add_argument("--output", "-o", required=True, help="output folder")
+    demo.add_argument("--size", type=int, default=128, help="image size of the generated views")
+    _add_pipeline_flags(demo)
+    demo.set_defaults(run=cmd_demo)
+
+    ev = sub.add_parser("eval", help="reconstruct a nerf_synthetic-style dataset's train split, score on test views")
+    ev.add_argument("dataset", help="folder with transforms_train.json and transforms_test.json (and gt.ply)")
+    ev.add_argument("--output", "-o", required=True, help="output folder (report.json, contact_sheet.png, mesh)")
+    ev.add_argument("--train-views", default=None, help="comma-separated train frame indices (default: all)")
+    ev.add_argument("--test-views", type=int, default=None, help="use the first N test views (default: all)")
+    ev.add_argument("--volume-views", type=int, default=8, help="test views also volume-rendered (default 8)")
+    ev.add_argument("--gt-mesh", default=None, help="ground-truth mesh (default: DATASET/gt.ply when present)")
+    _add_pipeline_flags(ev)
+    ev.set_defaults(run=cmd_eval)
+    return parser
+
+
+def _hooks(args):
+    from .progress import ConsoleProgress, Hooks
+
+    if args.quiet:
+        return Hooks(), None
+    bar = ConsoleProgress()
+    return Hooks(progress=bar), bar
+
+
+def _run_pipeline(job, args, out_dir: Path, formats: tuple[str, ...] = ("npz", "glb")):
+    from dataclasses import replace
+
+    from .pipeline import config_from_options, reconstruct, resolve_device, write_outputs
+
+    config = config_from_options(job.options)
+    config = replace(config, export=replace(config.export, formats=formats))
+    device = resolve_device(args.device)
+    hooks, bar = _hooks(args)
+    try:
+        result = reconstruct(job, config, device, hooks)
+    finally:
+        if bar:
+            bar.close()
+    return result, config
+
+
+def cmd_reconstruct(args) -> int:
+    from .inputs import check_output_dir, load_job
+    from .pipeline import write_outputs
+
+    out_dir = check_output_dir(args.output)
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    bad = [f for f in formats if f not in ("npz", "glb", "obj", "ply")]
+    if bad:
+        raise InputError(f"unknown output format(s) {bad}.", fix="use a comma-separated subset of npz,glb,obj,ply.")
+    job = load_job(args.input, options_override=_options(args))
+    result, config = _run_pipeline(job, args, out_dir, formats)
+    metrics = write_outputs(result, out_dir, config)
+    print(f"wrote {out_dir} ({metrics['faces']} faces, train PSNR {metrics['train_psnr']:.2f} dB, "
+          f"{metrics['seconds']:.1f} s)", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    from .inputs import check_output_dir
+
+    out_dir = check_output_dir(args.output)
+    hooks, bar = _hooks(args)
+    try:
+        metrics = run_demo(out_dir, size=args.size, options=_options(args), device_name=args.device, hooks=hooks)
+    finally:
+        if bar:
+            bar.close()
+    print(f"demo: held-out PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}, "
+          f"F-score {metrics['fscore']:.3f}, {metrics['seconds']:.1f} s → {out_dir}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import contact_sheet, evaluate
+    from .export import save_png, write_json_atomic
+    from .inputs import check_output_dir, load_transforms, validate_job
+    from .inputs.transforms import find_transforms_file
+    from .pipeline import write_outputs
+
+    out_dir = check_output_dir(args.output)
+    dataset = Path(args.dataset)
+    select = None
+    if args.train_views:
+        try:
+            select = [int(s) for s in args.train_views.split(",") if s.strip()]
+        except ValueError:
+            raise InputError(f"--train-views must be comma-separated integers, got {args.train_views!r}.") from None
+    start = time.perf_counter()
+    job = validate_job(load_transforms(find_transforms_file(dataset, "train"), select=select, options=_options(args)))
+    test_file = find_transforms_file(dataset, "test")
+    test_select = list(range(args.test_views)) if args.test_views else None
+    test = load_transforms(test_file, select=test_select).views
+    result, config = _run_pipeline(job, args, out_dir)
+    gt_path = Path(args.gt_mesh) if args.gt_mesh else dataset / "gt.ply"
+    gt = None
+    if gt_path.exists():
+        import trimesh
+
+        gt_mesh = trimesh.load(gt_path, force="mesh", process=False)
+        gt = (gt_mesh.vertices, gt_mesh.faces)
+    elif args.gt_mesh:
+        raise InputError(f"ground-truth mesh {gt_path} does not exist.", fix="pass an existing --gt-mesh path.")
+    evaluation = evaluate(result, test, gt, volume_views=args.volume_views)
+    write_outputs(result, out_dir, config)
+    report = dict(evaluation.metrics, dataset=str(dataset), train_views=len(job.views),
+                  reconstruct=result.metrics, seconds=round(time.perf_counter() - start, 2))
+    write_json_atomic(out_dir / "report.json", report)
+    save_png(out_dir / "contact_sheet.png", contact_sheet(evaluation.pairs))
+    print(f"eval: mesh PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.3f}, volume PSNR "
+          f"{report.get('volume_psnr', float('nan')):.2f} dB" + (f", F-score {report['fscore']:.3f}" if gt else ""),
+          file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except (Cancelled, KeyboardInterrupt):
+        print("cancelled", file=sys.stderr)
+        return EXIT_CANCELLED

@@ -1,0 +1,203 @@
+"""The reconstruction pipeline: presets, the typed result, and the one function that runs every stage.
+
+load (``backend.inputs``) → normalise → triplane → fit → extract → refine texture → bake → export.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bake import BakeConfig, bake
+from .errors import InputError
+from .export import ExportConfig, export_mesh, write_json_atomic
+from .extract import ExtractConfig, extract
+from .field import FieldConfig, TriplaneField
+from .fit import FitConfig, fit
+from .mesh import Mesh
+from .mesh_render import composite, render_mesh
+from .metrics import psnr
+from .normalise import Normalisation, NormaliseConfig, normalise
+from .progress import Hooks
+from .refine import RefineConfig, refine_texture
+from .views import Job, View
+from .volume import OccupancyGrid
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    max_image_size: int = 512
+    """Images whose longer side is larger are downscaled (cameras adjusted) before fitting."""
+    normalise: NormaliseConfig = field(default_factory=NormaliseConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    bake: BakeConfig = field(default_factory=BakeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+PRESETS: dict[str, PipelineConfig] = {
+    # Sized for a 2-core CPU: about two to three minutes for 16 views at 256².
+    "draft": PipelineConfig(
+        max_image_size=400,
+        fit=FitConfig(steps=1200, max_seconds=120.0, rays_per_step=2048, hull_resolution=128,
+                      field=FieldConfig(resolution=192, channels=12, density_scale=25.0)),
+        extract=ExtractConfig(resolution=128),
+        refine=RefineConfig(iterations=400, max_seconds=15.0, points_per_step=16384),
+    ),
+    "standard": PipelineConfig(
+        max_image_size=800,
+        fit=FitConfig(steps=4000, rays_per_step=8192, hull_resolution=128,
+                      field=FieldConfig(resolution=256, channels=16, density_scale=25.0)),
+        extract=ExtractConfig(resolution=256),
+        refine=RefineConfig(iterations=600, points_per_step=65536),
+    ),
+    "high": PipelineConfig(
+        max_image_size=1600,
+        fit=FitConfig(steps=12000, rays_per_step=16384, hull_resolution=192,
+                      field=FieldConfig(resolution=512, channels=24, density_scale=25.0)),
+        extract=ExtractConfig(resolution=384),
+        refine=RefineConfig(iterations=1500, points_per_step=131072),
+        bake=BakeConfig(texture_size=2048),
+    ),
+}
+
+
+def preset(name: str) -> PipelineConfig:
+    if name not in PRESETS:
+        raise InputError(f"unknown preset {name!r}.", fix=f"use one of {', '.join(PRESETS)}.")
+    return PRESETS[name]
+
+
+def configure(
+    base: PipelineConfig, *, texture: str | None = None, texture_size: int | None = None, faces: int | None = None
+) -> PipelineConfig:
+    """The preset with the user's choices applied (None keeps the preset's value)."""
+    cfg = base
+    if texture is not None:
+        if texture not in ("vertex", "uv"):
+            raise InputError(f"unknown texture mode {texture!r}.", fix="use 'vertex' or 'uv'.")
+        cfg = replace(cfg, bake=replace(cfg.bake, texture=texture))
+    if texture_size is not None:
+        cfg = replace(cfg, bake=replace(cfg.bake, texture_size=int(texture_size)))
+    if faces is not None:
+        cfg = replace(cfg, extract=replace(cfg.extract, target_faces=int(faces)))
+    return cfg
+
+
+def config_from_options(options: dict) -> PipelineConfig:
+    """Pipeline configuration from job options / CLI flags: preset, texture, texture_size, faces."""
+    return configure(
+        preset(options.get("preset", "draft")),
+        texture=options.get("texture"),
+        texture_size=options.get("texture_size"),
+        faces=options.get("faces"),
+    )
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when present, else CPU; ``cuda`` without CUDA is an error that says so."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for but this torch build sees no CUDA GPU.",
+                         fix="use --device cpu, or install a CUDA build of torch (python install.py --cuda).")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise InputError(f"unknown device {name!r}.", fix="use auto, cpu or cuda.")
+    return torch.device(name)
+
+
+def downscale(view: View, max_size: int) -> View:
+    """The view with its image (and mask, depth) resized so the longer side is at most ``max_size``."""
+    H, W = view.rgb.shape[:2]
+    if max(H, W) <= max_size:
+        return view
+    s = max_size / max(H, W)
+    h, w = max(1, round(H * s)), max(1, round(W * s))
+    def resize(a, mode):
+        t = torch.as_tensor(a, dtype=torch.float32)
+        t = t[None, None] if t.dim() == 2 else t.permute(2, 0, 1)[None]
+        out = torch.nn.functional.interpolate(t, size=(h, w), mode=mode)[0]
+        return (out[0] if out.shape[0] == 1 and np.ndim(a) == 2 else out.permute(1, 2, 0)).numpy()
+    return replace(
+        view,
+        camera=view.camera.scaled(w, h),
+        rgb=resize(view.rgb, "area"),
+        mask=None if view.mask is None else resize(view.mask, "area"),
+        depth=None if view.depth is None else resize(view.depth, "nearest"),
+    )
+
+
+@dataclass
+class Reconstruction:
+    """What a run produced. ``mesh`` is in the job's world frame; the rest is kept for evaluation and previews."""
+
+    mesh: Mesh
+    canonical_mesh: Mesh
+    field: TriplaneField
+    occupancy: OccupancyGrid
+    normalisation: Normalisation
+    views: list[View]
+    """The input views as fitted: downscaled and in the canonical frame."""
+    timings: dict[str, float]
+    metrics: dict[str, float]
+
+
+def reconstruct(job: Job, config: PipelineConfig, device: torch.device, hooks: Hooks | None = None) -> Reconstruction:
+    """Run every stage on a loaded job. Raises InputError for bad input and Cancelled when cancelled."""
+    hooks = hooks or Hooks()
+    timings: dict[str, float] = {}
+    start = last = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        timings[name] = round(now - last, 3)
+        last = now
+
+    views = [downscale(v, config.max_image_size) for v in job.views]
+    canonical, norm, _ = normalise(views, job.bounds, config.normalise, device, hooks)
+    lap("normalise")
+    fitted = fit(canonical, config.fit, device, hooks)
+    lap("fit")
+    mesh = extract(fitted.field, fitted.occupancy, config.extract, hooks, canonical, fitted.hull)
+    if mesh.num_faces == 0:
+        raise InputError("the reconstruction is empty: no surface was found inside the bounds.",
+                         fix="check masks and cameras, or try a larger preset.")
+    lap("extract")
+    refined = refine_texture(fitted.field, mesh, canonical, config.refine, hooks)
+    lap("refine")
+    baked = bake(mesh, fitted.field.color, config.bake, hooks)
+    lap("bake")
+    train_psnr = float(np.mean([
+        psnr(render_mesh(baked, v.camera), composite(v.rgb, v.mask)) for v in canonical
+    ]))
+    lap("metrics")
+    timings["total"] = round(time.perf_counter() - start, 3)
+    world = baked.transformed(norm.world_from_canonical)
+    metrics = {
+        "seconds": timings["total"],
+        "faces": world.num_faces,
+        "vertices": world.num_vertices,
+        "train_psnr": round(train_psnr, 3),
+        "fit_steps": fitted.steps,
+        "fit_psnr": round(float(np.mean(fitted.psnr_history[-100:])), 3) if fitted.psnr_history else None,
+        "refine_iterations": refined.iterations,
+    }
+    return Reconstruction(world, baked, fitted.field, fitted.occupancy, norm, canonical, timings, metrics)
+
+
+def write_outputs(result: Reconstruction, out_dir: Path, config: PipelineConfig, extra: dict | None = None) -> dict:
+    """Mesh files + ``metrics.json`` into ``out_dir``; returns the metrics written."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = export_mesh(result.mesh, out_dir, config.export)
+    metrics = dict(result.metrics, timings=result.timings, files={k: str(p.name) for k, p in files.items()})
+    if extra:
+        metrics.update(extra)
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics
