@@ -31,12 +31,14 @@ class ExtractConfig:
     """Connected components with fewer faces than this fraction of the largest one are dropped (floaters)."""
     target_faces: int | None = None
     """Decimate to at most this many faces (quadric decimation); None keeps every face."""
-    fill_hidden: bool = True
-    """Fill space that every input view sees behind its rendered surface (unobserved interior)."""
-    hidden_margin_voxels: float = 2.0
-    """How far behind a view's rendered surface a point must be to count as hidden from it."""
-    depth_map_size: int = 160
-    """Longer side of the depth maps rendered for :func:`hidden_from_views`."""
+    surface: str = "fused"
+    """``"fused"``: the zero level of the views' rendered depths fused into a truncated distance (needs the views;
+    robust to the soft density a short fit leaves); ``"density"``: the ``level`` iso-surface of σ, with space no
+    view sees filled when views are given (differentiable w.r.t. the density grid)."""
+    truncation_voxels: float = 3.0
+    """Truncation of the fused distance, in lattice cells."""
+    depth_map_size: int = 192
+    """Longer side of the depth maps rendered for the fused distance."""
     chunk: int = 1 << 18
 
 
@@ -135,7 +137,24 @@ def fill_cavities(values: torch.Tensor, level: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def hidden_from_views(
+def stop_depths(field: TriplaneField, occupancy: OccupancyGrid | None, view: View, size: int):
+    """Volume-render where each ray of a (downscaled) view stops: (camera, (H·W,) median ray distance, +inf where
+    the pixel is background (opacity < ½))."""
+    device = field.planes.device
+    occ = occupancy if occupancy is not None else OccupancyGrid(torch.ones((8,) * 3, dtype=torch.bool, device=device))
+    cam = view.camera
+    scale = min(1.0, size / max(cam.width, cam.height))
+    cam = cam.scaled(max(1, round(cam.width * scale)), max(1, round(cam.height * scale)))
+    origins, dirs = ray_bundle(cam, device)
+    stops = []
+    for o, d in zip(origins.view(-1, 3).split(16384), dirs.view(-1, 3).split(16384)):
+        out = render_rays(field, o, d, occ, RenderConfig(), torch.zeros(3, device=device))
+        stops.append(torch.where(out.opacity > 0.5, out.depth_median, torch.full_like(out.depth, float("inf"))))
+    return cam, torch.cat(stops)
+
+
+@torch.no_grad()
+def fused_distance(
     field: TriplaneField,
     occupancy: OccupancyGrid | None,
     views: list[View],
@@ -143,44 +162,42 @@ def hidden_from_views(
     config: ExtractConfig,
     region: OccupancyGrid | None = None,
 ) -> torch.Tensor:
-    """(res, res, res) bool: lattice points that every view sees behind its volume-rendered surface.
+    """Truncated signed distance to the views' rendered surfaces, fused over views, on the (res³) lattice.
 
-    A view's rendered depth marks where its rays stop; a point more than ``hidden_margin_voxels`` beyond that
-    depth in every view that sees it is inside the object, whatever the (unobserved) density there says. Only
-    points inside ``region`` (the visual hull) and seen by at least half of the views qualify.
+    Each view contributes ``clamp(t_stop − t_point, −m, m)`` (positive in front of its surface) wherever the point
+    is not hidden more than ``m`` behind that surface; points no view sees get −m (inside), points outside
+    ``region`` (the visual hull) +m. ``m`` = ``truncation_voxels`` cells.
     """
     device = field.planes.device
     axis = torch.linspace(-1, 1, resolution, device=device)
     pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).view(-1, 3)
-    hidden = torch.ones(pts.shape[0], dtype=torch.bool, device=device)
-    seen = torch.zeros(pts.shape[0], dtype=torch.int32, device=device)
-    margin = config.hidden_margin_voxels * 2.0 / (resolution - 1)
-    occ = occupancy if occupancy is not None else OccupancyGrid(torch.ones((8,) * 3, dtype=torch.bool, device=device))
-    render = RenderConfig()
+    m = config.truncation_voxels * 2.0 / (resolution - 1)
+    total = torch.zeros(pts.shape[0], device=device)
+    weight = torch.zeros(pts.shape[0], device=device)
     for view in views:
-        cam = view.camera
-        scale = min(1.0, config.depth_map_size / max(cam.width, cam.height))
-        cam = cam.scaled(max(1, round(cam.width * scale)), max(1, round(cam.height * scale)))
-        origins, dirs = ray_bundle(cam, device)
-        t_stop = torch.empty(cam.height * cam.width, device=device)
-        for o, d, sl in zip(origins.view(-1, 3).split(16384), dirs.view(-1, 3).split(16384),
-                            torch.arange(cam.height * cam.width, device=device).split(16384)):
-            out = render_rays(field, o, d, occ, render, torch.zeros(3, device=device))
-            t_stop[sl] = torch.where(out.opacity > 0.5, out.depth_median, torch.full_like(out.depth, -1e9))
+        cam, t_stop = stop_depths(field, occupancy, view, config.depth_map_size)
         uv, z = project_points(cam, pts)
         col, row = uv[:, 0].floor().long(), uv[:, 1].floor().long()
         inside = (z > 0) & (col >= 0) & (col < cam.width) & (row >= 0) & (row < cam.height)
-        pix = row.clamp(0, cam.height - 1) * cam.width + col.clamp(0, cam.width - 1)
+        stop = t_stop[row.clamp(0, cam.height - 1) * cam.width + col.clamp(0, cam.width - 1)]
         if cam.orthographic:
             t_point = z
         else:
             t_point = (pts - torch.as_tensor(cam.centre, dtype=pts.dtype, device=device)).norm(dim=-1)
-        hidden &= ~inside | (t_point > t_stop[pix] + margin)
-        seen += inside.int()
-    hidden &= seen >= max(1, len(views) // 2)
+        sdf = (stop - t_point).clamp(-m, m)
+        w = (inside & (sdf > -m)).float()
+        total += w * sdf
+        weight += w
+    fused = torch.where(weight > 0, total / weight.clamp_min(1e-6), torch.full_like(total, -m))
     if region is not None:
-        hidden &= region.lookup(pts)
-    return hidden.view(resolution, resolution, resolution)
+        fused = torch.where(region.lookup(pts), fused, torch.full_like(fused, m))
+    return fused.view(resolution, resolution, resolution)
+
+
+def mesh_from_distance(fused: torch.Tensor) -> Mesh:
+    """Marching cubes at the zero level of a fused signed distance (negative inside)."""
+    vertices, faces = marching_cubes(-fused, 0.0, backend="auto")
+    return Mesh(vertices, faces)
 
 
 def mesh_from_density(grid: torch.Tensor, config: ExtractConfig, hidden: torch.Tensor | None = None) -> Mesh:
@@ -204,16 +221,22 @@ def extract(
     views: list[View] | None = None,
     hull: OccupancyGrid | None = None,
 ) -> Mesh:
-    """Mesh of the field's surface in the canonical frame. With ``views`` (canonical), space inside ``hull`` that
-    no view sees is filled (see :func:`hidden_from_views`)."""
+    """Mesh of the field's surface in the canonical frame (see ``ExtractConfig.surface``). ``views`` are the
+    canonical input views, ``hull`` the visual hull (space outside it is empty)."""
     hooks = hooks or Hooks()
-    hooks.report("extract", 0, 3, "density grid")
-    grid = density_grid(field, occupancy, config.resolution, config.chunk)
-    hidden = None
-    if views and config.fill_hidden:
-        hidden = hidden_from_views(field, occupancy, views, config.resolution, config, hull)
+    if config.surface not in ("fused", "density"):
+        raise ValueError(f"unknown surface mode {config.surface!r}; use 'fused' or 'density'")
+    fused = None
+    if views:
+        hooks.report("extract", 0, 3, "rendering depth maps")
+        fused = fused_distance(field, occupancy, views, config.resolution, config, hull)
     hooks.report("extract", 1, 3, "marching cubes")
-    mesh = mesh_from_density(grid, config, hidden)
+    if config.surface == "fused" and fused is not None:
+        mesh = mesh_from_distance(fused)
+    else:
+        grid = density_grid(field, occupancy, config.resolution, config.chunk)
+        hidden = None if fused is None else fused <= -0.999 * config.truncation_voxels * 2.0 / (config.resolution - 1)
+        mesh = mesh_from_density(grid, config, hidden)
     hooks.report("extract", 2, 3, "clean-up")
     mesh = remove_small_components(mesh.detached(), config.min_component_ratio)
     if config.target_faces:

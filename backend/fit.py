@@ -49,6 +49,8 @@ class FitConfig:
     mask_weight: float = 0.1
     tv_weight: float = 0.01
     depth_weight: float = 0.1
+    distortion_weight: float = 0.1
+    """Weight of the distortion loss, which makes surfaces sharp (rays stop within a short interval)."""
     random_background: bool = True
     """Composite targets on a random colour per ray, so opacity is learnt from colour too."""
     field: FieldConfig = dc_field(default_factory=lambda: FieldConfig(density_scale=25.0))
@@ -188,7 +190,7 @@ def fit(
             target = target * a + bg * (1 - a)
         out = render_rays(field, rays.origins[idx], rays.dirs[idx], occupancy, config.render, bg, jitter=True)
         mse = F.mse_loss(out.rgb, target)
-        loss = mse + config.tv_weight * total_variation(field.planes)
+        loss = mse + config.tv_weight * total_variation(field.planes) + config.distortion_weight * out.distortion
         if rays.alpha is not None and config.mask_weight > 0:
             loss = loss + config.mask_weight * F.mse_loss(out.opacity, rays.alpha[idx])
         if rays.depth is not None and config.depth_weight > 0:

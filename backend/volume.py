@@ -23,6 +23,8 @@ class RenderConfig:
     """Marching step = box diagonal (2√3) / this."""
     transmittance_floor: float = 1e-3
     """Samples behind the point where transmittance drops below this are skipped."""
+    min_sample_opacity: float = 2e-3
+    """Samples less opaque than this (σ·step) are skipped in the gradient pass."""
     chunk: int = 1 << 19
     """Maximum samples evaluated by the network at once."""
 
@@ -38,6 +40,9 @@ class RenderOutput:
     depth: torch.Tensor
     depth_median: torch.Tensor
     samples: int
+    distortion: torch.Tensor
+    """Mean over rays of the mip-NeRF 360 distortion Σᵢⱼ wᵢwⱼ|tᵢ − tⱼ| + ⅓ Σᵢ wᵢ² δ (small when each ray's weight
+    sits in one compact interval, i.e. surfaces are sharp)."""
 
 
 class OccupancyGrid:
@@ -141,7 +146,7 @@ def render_rays(
     with torch.no_grad():
         sigma = torch.cat([field.density(p) for p in pts.split(config.chunk)]) if len(pts) else pts.new_zeros(0)
         optical = _segment_exclusive_cumsum(sigma * step, ray_index, R)
-        keep = (torch.exp(-optical) > config.transmittance_floor) & (sigma > 0)
+        keep = (torch.exp(-optical) > config.transmittance_floor) & (sigma * step > config.min_sample_opacity)
     ray_index, t, pts = ray_index[keep], t[keep], pts[keep]
     if len(pts):
         sigma, rgb = field(pts)
@@ -150,6 +155,10 @@ def render_rays(
     tau = sigma * step
     transmittance = torch.exp(-_segment_exclusive_cumsum(tau, ray_index, R)).to(tau.dtype)
     weights = transmittance * (1 - torch.exp(-tau))
+    w_before = _segment_exclusive_cumsum(weights, ray_index, R)
+    wt_before = _segment_exclusive_cumsum(weights * t, ray_index, R)
+    pairwise = 2 * (weights * (t * w_before - wt_before)).sum()
+    distortion = (pairwise + (weights.square() * step).sum() / 3) / max(R, 1)
     with torch.no_grad():
         crossing = (transmittance > 0.5) & (transmittance - weights <= 0.5)
         depth_median = torch.zeros(R, device=origins.device).index_put_((ray_index[crossing],), t[crossing])
@@ -157,7 +166,10 @@ def render_rays(
     color = torch.zeros(R, 3, device=origins.device).index_add(0, ray_index, weights[:, None] * rgb)
     depth = torch.zeros(R, device=origins.device).index_add(0, ray_index, weights * t)
     color = color + (1 - opacity)[:, None] * background
-    return RenderOutput(rgb=color, opacity=opacity, depth=depth, depth_median=depth_median, samples=int(len(pts)))
+    return RenderOutput(
+        rgb=color, opacity=opacity, depth=depth, depth_median=depth_median, samples=int(len(pts)),
+        distortion=distortion.to(color.dtype),
+    )
 
 
 @torch.no_grad()
