@@ -93,8 +93,12 @@ def ensure_venv(venv: Path) -> Path:
     step(f"Virtual environment: {venv}")
     python = venv_python(venv)
     if python.exists():
-        probe = subprocess.run([str(python), "-I", "-c", "import sys, pip; print(sys.version.split()[0])"],
-                               check=False, capture_output=True, text=True)
+        probe = subprocess.run(
+            [str(python), "-I", "-c", "import sys, pip; print(sys.version.split()[0])"],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
         if probe.returncode == 0:
             info(f"already exists (Python {probe.stdout.strip()}), reusing it")
             return python
@@ -166,8 +170,7 @@ print(json.dumps(out))
 
 def probe(python: Path, torch_spec: str, dists: list[str]) -> dict:
     """Ask the venv's interpreter what is installed (isolated mode: the current folder is not on sys.path)."""
-    result = run([str(python), "-I", "-c", _PROBE, torch_spec, *dists], what="inspecting the environment",
-                 capture=True)
+    result = run([str(python), "-I", "-c", _PROBE, torch_spec, *dists], what="inspecting the environment", capture=True)
     try:
         data = json.loads(result.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError) as exc:
@@ -175,7 +178,7 @@ def probe(python: Path, torch_spec: str, dists: list[str]) -> dict:
     if "spec_error" in data:
         raise InstallError(f"--torch-spec {torch_spec!r} is not a valid requirement: {data['spec_error']}")
     if data["name"].lower() != "torch":
-        raise InstallError(f"--torch-spec must be a requirement for torch (like \"torch==2.7.1\"), got {torch_spec!r}")
+        raise InstallError(f'--torch-spec must be a requirement for torch (like "torch==2.7.1"), got {torch_spec!r}')
     return data
 
 
@@ -278,8 +281,10 @@ def install_nvdiffrast(python: Path, mode: str, skip_flag: bool, gpu_reason: str
             return
     info("its CUDA kernels are compiled on first use (needs the CUDA toolkit's nvcc and a C++ compiler).")
     if shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME"):
-        info("note: nvcc not found on PATH and CUDA_HOME unset; if the build fails the backend falls back to "
-             "the pure-torch rasteriser.")
+        info(
+            "note: nvcc not found on PATH and CUDA_HOME unset; if the build fails the backend falls back to "
+            "the pure-torch rasteriser."
+        )
 
 
 def write_python_path(python: Path, venv: Path) -> Path:
@@ -302,7 +307,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="install.py",
         description="Create the backend's virtual environment and install torch and the backend into it. "
-                    "Safe to re-run: finished steps are skipped.",
+        "Safe to re-run: finished steps are skipped.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.dedent(f"""\
             defaults:
@@ -316,13 +321,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                   --torch-index-url https://download.pytorch.org/whl/cu126
             """),
     )
-    parser.add_argument("--venv", type=Path, default=ROOT / ".venv",
-                        help="where to create the virtual environment (default: .venv beside install.py)")
+    parser.add_argument(
+        "--venv",
+        type=Path,
+        default=ROOT / ".venv",
+        help="where to create the virtual environment (default: .venv beside install.py)",
+    )
     parser.add_argument("--dev", action="store_true", help="also install the test tools (pytest, ruff)")
     device = parser.add_mutually_exclusive_group()
     device.add_argument("--cpu", action="store_true", help="install for CPU even if an NVIDIA GPU is present")
     device.add_argument("--cuda", action="store_true", help="install for CUDA even if no GPU is detected")
-    parser.add_argument("--torch-spec", help="pip requirement for torch, e.g. \"torch==2.7.1\"")
+    parser.add_argument("--torch-spec", help='pip requirement for torch, e.g. "torch==2.7.1"')
     parser.add_argument("--torch-index-url", help="pip index to take torch from (e.g. a PyTorch CUDA wheel index)")
     parser.add_argument("--no-nvdiffrast", action="store_true", help="do not install nvdiffrast on CUDA machines")
     parser.add_argument("--force", action="store_true", help="rerun the editable install even if the stamp matches")
@@ -362,11 +371,13 @@ def main(argv: list[str] | None = None) -> int:
         state = probe(python, torch_spec, dists)
         if state["torch_error"]:
             raise InstallError(f"torch was installed but does not import: {state['torch_error']}")
-        info(f"installed torch {state['torch_version']} ({'CUDA ' + state['torch_cuda'] if state['torch_cuda'] else 'CPU'}"
-             " build)")
+        build = "CUDA " + state["torch_cuda"] if state["torch_cuda"] else "CPU"
+        info(f"installed torch {state['torch_version']} ({build} build)")
         if mode == "cuda" and not state["torch_cuda"]:
-            info("WARNING: CUDA was requested but pip picked a CPU-only torch build; pass the CUDA wheel index, e.g. "
-                 "--torch-index-url https://download.pytorch.org/whl/cu126")
+            info(
+                "WARNING: CUDA was requested but pip picked a CPU-only torch build; pass the CUDA wheel index, e.g. "
+                "--torch-index-url https://download.pytorch.org/whl/cu126"
+            )
     if args.force:
         (venv / STAMP_NAME).unlink(missing_ok=True)
     install_backend(python, venv, args.dev, state)

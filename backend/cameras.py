@@ -44,7 +44,7 @@ class Camera:
         """(3,) unit viewing direction (camera +z) in world coordinates."""
         return self.world_to_camera[2, :3] / np.linalg.norm(self.world_to_camera[2, :3])
 
-    def scaled(self, width: int, height: int) -> "Camera":
+    def scaled(self, width: int, height: int) -> Camera:
         """The same camera for an image resized to ``width`` × ``height`` (pixel-corner convention)."""
         sx, sy = width / self.width, height / self.height
         K = self.K.copy()
@@ -52,7 +52,7 @@ class Camera:
         K[1] *= sy
         return Camera(self.world_to_camera.copy(), K, width, height, self.orthographic)
 
-    def transformed(self, world_from_new: np.ndarray, scale: float = 1.0) -> "Camera":
+    def transformed(self, world_from_new: np.ndarray, scale: float = 1.0) -> Camera:
         """This camera expressed in a new world frame.
 
         ``world_from_new`` (4, 4) is a rigid transform (rotation + translation) taking new-frame points to the

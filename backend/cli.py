@@ -17,8 +17,12 @@ EXIT_CANCELLED = 130
 
 
 def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", choices=["draft", "standard", "high"], default=None,
-                   help="quality/speed preset (default: the job's option, else draft)")
+    p.add_argument(
+        "--preset",
+        choices=["draft", "standard", "high"],
+        default=None,
+        help="quality/speed preset (default: the job's option, else draft)",
+    )
     p.add_argument("--texture", choices=["vertex", "uv"], default=None, help="vertex colours or a UV texture")
     p.add_argument("--texture-size", type=int, default=None, help="texture side in pixels for --texture uv")
     p.add_argument("--faces", type=int, default=None, help="decimate the mesh to at most this many faces")
@@ -72,7 +76,7 @@ def _hooks(args):
 def _run_pipeline(job, args, out_dir: Path, formats: tuple[str, ...] = ("npz", "glb")):
     from dataclasses import replace
 
-    from .pipeline import config_from_options, reconstruct, resolve_device, write_outputs
+    from .pipeline import config_from_options, reconstruct, resolve_device
 
     config = config_from_options(job.options)
     config = replace(config, export=replace(config.export, formats=formats))
@@ -98,8 +102,11 @@ def cmd_reconstruct(args) -> int:
     job = load_job(args.input, options_override=_options(args))
     result, config = _run_pipeline(job, args, out_dir, formats)
     metrics = write_outputs(result, out_dir, config)
-    print(f"wrote {out_dir} ({metrics['faces']} faces, train PSNR {metrics['train_psnr']:.2f} dB, "
-          f"{metrics['seconds']:.1f} s)", file=sys.stderr)
+    print(
+        f"wrote {out_dir} ({metrics['faces']} faces, train PSNR {metrics['train_psnr']:.2f} dB, "
+        f"{metrics['seconds']:.1f} s)",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -114,8 +121,11 @@ def cmd_demo(args) -> int:
     finally:
         if bar:
             bar.close()
-    print(f"demo: held-out PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}, "
-          f"F-score {metrics['fscore']:.3f}, {metrics['seconds']:.1f} s → {out_dir}", file=sys.stderr)
+    print(
+        f"demo: held-out PSNR {metrics['psnr']:.2f} dB, SSIM {metrics['ssim']:.3f}, "
+        f"F-score {metrics['fscore']:.3f}, {metrics['seconds']:.1f} s → {out_dir}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -151,13 +161,20 @@ def cmd_eval(args) -> int:
         raise InputError(f"ground-truth mesh {gt_path} does not exist.", fix="pass an existing --gt-mesh path.")
     evaluation = evaluate(result, test, gt, volume_views=args.volume_views)
     write_outputs(result, out_dir, config)
-    report = dict(evaluation.metrics, dataset=str(dataset), train_views=len(job.views),
-                  reconstruct=result.metrics, seconds=round(time.perf_counter() - start, 2))
+    report = dict(
+        evaluation.metrics,
+        dataset=str(dataset),
+        train_views=len(job.views),
+        reconstruct=result.metrics,
+        seconds=round(time.perf_counter() - start, 2),
+    )
     write_json_atomic(out_dir / "report.json", report)
     save_png(out_dir / "contact_sheet.png", contact_sheet(evaluation.pairs))
-    print(f"eval: mesh PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.3f}, volume PSNR "
-          f"{report.get('volume_psnr', float('nan')):.2f} dB" + (f", F-score {report['fscore']:.3f}" if gt else ""),
-          file=sys.stderr)
+    print(
+        f"eval: mesh PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.3f}, volume PSNR "
+        f"{report.get('volume_psnr', float('nan')):.2f} dB" + (f", F-score {report['fscore']:.3f}" if gt else ""),
+        file=sys.stderr,
+    )
     return 0
 
 

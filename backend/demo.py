@@ -7,6 +7,7 @@ Writes ``mesh.glb`` (+ ``mesh.npz``), ``preview.png`` (a held-out input view bes
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from .evaluate import evaluate, side_by_side
@@ -17,8 +18,15 @@ from .synthetic import SceneConfig, make_scene
 from .views import Job
 
 
-def run_demo(out_dir: Path, *, size: int = 128, options: dict | None = None, device_name: str = "auto",
-             hooks: Hooks | None = None, scene: SceneConfig | None = None) -> dict:
+def run_demo(
+    out_dir: Path,
+    *,
+    size: int = 128,
+    options: dict | None = None,
+    device_name: str = "auto",
+    hooks: Hooks | None = None,
+    scene: SceneConfig | None = None,
+) -> dict:
     start = time.perf_counter()
     hooks = hooks or Hooks()
     device = resolve_device(device_name)
@@ -26,7 +34,9 @@ def run_demo(out_dir: Path, *, size: int = 128, options: dict | None = None, dev
     scene_data = make_scene(scene or SceneConfig(size=size))
     hooks.report("scene", 1, 1, f"{len(scene_data.train)} views")
     options = dict(options or {})
-    job = Job(views=scene_data.train, options=options, source="demo")
+    # Images and masks only: the renderer's depth maps stay out, as a user's photos would have none.
+    views = [replace(v, depth=None) for v in scene_data.train]
+    job = Job(views=views, options=options, source="demo")
     config = config_from_options(options)
     result = reconstruct(job, config, device, hooks)
     evaluation = evaluate(result, scene_data.test, (scene_data.gt_vertices, scene_data.gt_faces), volume_views=0)

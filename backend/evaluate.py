@@ -26,16 +26,18 @@ def evaluate(
     test_views: list[View],
     gt_mesh: tuple[np.ndarray, np.ndarray] | None = None,
     volume_views: int = 8,
-    render: RenderConfig = RenderConfig(),
+    render: RenderConfig | None = None,
+    supersample: int = 3,
 ) -> Evaluation:
     """Render ``result.mesh`` at the (world-frame) test views and compare on a white background.
 
     ``volume_views``: how many test views are also volume-rendered from the fitted field (before meshing), so the
     cost of meshing is visible. ``gt_mesh``: (vertices, faces) in the world frame for Chamfer / F-score.
+    Mesh renders are anti-aliased with ``supersample``² samples per pixel, like the (anti-aliased) test images.
     """
     psnrs, ssims, pairs = [], [], []
     for view in test_views:
-        pred = render_mesh(result.mesh, view.camera).cpu()
+        pred = render_mesh(result.mesh, view.camera, supersample=supersample).cpu()
         gt = composite(view.rgb, view.mask)
         psnrs.append(psnr(pred, gt))
         ssims.append(ssim(pred, gt))
@@ -50,7 +52,7 @@ def evaluate(
     vol = []
     for view in test_views[:volume_views]:
         canonical = result.normalisation.to_canonical(view)
-        pred = render_image(result.field, result.occupancy, canonical.camera, render).cpu()
+        pred = render_image(result.field, result.occupancy, canonical.camera, render or RenderConfig()).cpu()
         vol.append(psnr(pred, composite(view.rgb, view.mask)))
     if vol:
         metrics["volume_psnr"] = float(np.mean(vol))
@@ -78,4 +80,3 @@ def contact_sheet(pairs: list[tuple[np.ndarray, np.ndarray]], columns: int = 4) 
 
 def side_by_side(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return np.concatenate([gt, pred], axis=1)
-

@@ -260,8 +260,9 @@ class _GlbBuilder:
         self.buffer_views.append(entry)
         return len(self.buffer_views) - 1
 
-    def accessor(self, array: np.ndarray, kind: str, target: int, *, normalized: bool = False,
-                 bounds: bool = False) -> int:
+    def accessor(
+        self, array: np.ndarray, kind: str, target: int, *, normalized: bool = False, bounds: bool = False
+    ) -> int:
         component = {np.dtype("float32"): 5126, np.dtype("uint32"): 5125, np.dtype("uint16"): 5123}[array.dtype]
         array = np.ascontiguousarray(array)
         entry: dict[str, Any] = {
@@ -319,8 +320,9 @@ def _encode_glb(a: _Arrays) -> bytes:
         "scene": 0,
         "scenes": [{"nodes": [0]}],
         "nodes": [{"mesh": 0, "name": "mesh"}],
-        "meshes": [{"name": "mesh", "primitives": [
-            {"attributes": attributes, "indices": indices, "material": 0, "mode": 4}]}],
+        "meshes": [
+            {"name": "mesh", "primitives": [{"attributes": attributes, "indices": indices, "material": 0, "mode": 4}]}
+        ],
         "materials": [{"name": "material", "pbrMetallicRoughness": pbr, "doubleSided": False}],
     }
     if a.texture_png is not None and uvs is not None:
@@ -381,8 +383,16 @@ def _encode_obj(a: _Arrays, stem: str) -> tuple[bytes, bytes | None]:
     if not textured:
         return obj, None
 
-    mtl = ["# written by gtr-blender-backend\n", "newmtl material\n", "Ka 0 0 0\n", "Kd 1 1 1\n", "Ks 0 0 0\n",
-           "Ns 0\n", "d 1\n", "illum 1\n"]
+    mtl = [
+        "# written by gtr-blender-backend\n",
+        "newmtl material\n",
+        "Ka 0 0 0\n",
+        "Kd 1 1 1\n",
+        "Ks 0 0 0\n",
+        "Ns 0\n",
+        "d 1\n",
+        "illum 1\n",
+    ]
     mtl.append(f"map_Kd {a.texture_name}\n")
     return obj, "".join(mtl).encode("utf-8")
 

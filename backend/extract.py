@@ -21,12 +21,12 @@ from .volume import OccupancyGrid, RenderConfig, render_rays
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    resolution: int = 128
-    """Lattice points per side of the density grid over [-1, 1]³."""
+    resolution: int = 192
+    """Lattice points per side of the grid (fused distance or density) over [-1, 1]³."""
     level: float = 3.0
     """Iso-level of the density σ (per canonical unit) that becomes the surface."""
-    blur_voxels: float = 1.0
-    """Gaussian blur (σ in voxels) of the log-density before marching cubes; 0 disables it."""
+    blur_voxels: float = 0.5
+    """Gaussian blur (σ in voxels) of the fused distance or log-density before marching cubes; 0 disables it."""
     min_component_ratio: float = 0.05
     """Connected components with fewer faces than this fraction of the largest one are dropped (floaters)."""
     target_faces: int | None = None
@@ -35,10 +35,15 @@ class ExtractConfig:
     """``"fused"``: the zero level of the views' rendered depths fused into a truncated distance (needs the views;
     robust to the soft density a short fit leaves); ``"density"``: the ``level`` iso-surface of σ, with space no
     view sees filled when views are given (differentiable w.r.t. the density grid)."""
-    truncation_voxels: float = 3.0
-    """Truncation of the fused distance, in lattice cells."""
-    depth_map_size: int = 192
-    """Longer side of the depth maps rendered for the fused distance."""
+    truncation: float = 0.18
+    """Truncation of the fused distance, in canonical units (the box is 2 wide). Larger values average more views
+    into each point (smoother, more accurate surfaces on solid objects) but can thicken parts thinner than this."""
+    inset: float = 0.0
+    """Move the fused surface inwards by this distance (canonical units)."""
+    depth_map_size: int = 512
+    """Longest side of the depth maps rendered for the fused distance (smaller inputs are used as they are)."""
+    max_fusion_views: int = 32
+    """At most this many views (evenly spread through the list) are rendered for the fused distance."""
     chunk: int = 1 << 18
 
 
@@ -115,7 +120,9 @@ def decimate(mesh: Mesh, target_faces: int) -> Mesh:
     f = mesh.faces.cpu().numpy().astype(np.int64)
     v2, f2 = fast_simplification.simplify(v, f, target_reduction=1.0 - target_faces / len(f))
     device = mesh.vertices.device
-    return Mesh(torch.as_tensor(v2, dtype=torch.float32, device=device), torch.as_tensor(f2, dtype=torch.int64, device=device))
+    return Mesh(
+        torch.as_tensor(v2, dtype=torch.float32, device=device), torch.as_tensor(f2, dtype=torch.int64, device=device)
+    )
 
 
 def fill_cavities(values: torch.Tensor, level: float) -> torch.Tensor:
@@ -128,7 +135,9 @@ def fill_cavities(values: torch.Tensor, level: float) -> torch.Tensor:
 
     empty = (values <= level).cpu().numpy()
     labels, _ = ndimage.label(empty)
-    border = np.unique(np.concatenate([labels[[0, -1]].ravel(), labels[:, [0, -1]].ravel(), labels[:, :, [0, -1]].ravel()]))
+    border = np.unique(
+        np.concatenate([labels[[0, -1]].ravel(), labels[:, [0, -1]].ravel(), labels[:, :, [0, -1]].ravel()])
+    )
     pockets = empty & ~np.isin(labels, border[border > 0])
     if not pockets.any():
         return values
@@ -166,14 +175,16 @@ def fused_distance(
 
     Each view contributes ``clamp(t_stop − t_point, −m, m)`` (positive in front of its surface) wherever the point
     is not hidden more than ``m`` behind that surface; points no view sees get −m (inside), points outside
-    ``region`` (the visual hull) +m. ``m`` = ``truncation_voxels`` cells.
+    ``region`` (the visual hull) +m. ``m`` = ``config.truncation``.
     """
     device = field.planes.device
     axis = torch.linspace(-1, 1, resolution, device=device)
     pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).view(-1, 3)
-    m = config.truncation_voxels * 2.0 / (resolution - 1)
+    m = config.truncation
     total = torch.zeros(pts.shape[0], device=device)
     weight = torch.zeros(pts.shape[0], device=device)
+    if len(views) > config.max_fusion_views:
+        views = [views[i] for i in np.linspace(0, len(views) - 1, config.max_fusion_views).round().astype(int)]
     for view in views:
         cam, t_stop = stop_depths(field, occupancy, view, config.depth_map_size)
         uv, z = project_points(cam, pts)
@@ -194,9 +205,11 @@ def fused_distance(
     return fused.view(resolution, resolution, resolution)
 
 
-def mesh_from_distance(fused: torch.Tensor) -> Mesh:
-    """Marching cubes at the zero level of a fused signed distance (negative inside)."""
-    vertices, faces = marching_cubes(-fused, 0.0, backend="auto")
+def mesh_from_distance(fused: torch.Tensor, config: ExtractConfig) -> Mesh:
+    """Marching cubes at the zero level of a fused signed distance (negative inside), after the optional blur."""
+    if config.blur_voxels > 0:
+        fused = gaussian_blur3d(fused, config.blur_voxels)
+    vertices, faces = marching_cubes(-fused, config.inset, backend="auto")
     return Mesh(vertices, faces)
 
 
@@ -232,10 +245,10 @@ def extract(
         fused = fused_distance(field, occupancy, views, config.resolution, config, hull)
     hooks.report("extract", 1, 3, "marching cubes")
     if config.surface == "fused" and fused is not None:
-        mesh = mesh_from_distance(fused)
+        mesh = mesh_from_distance(fused, config)
     else:
         grid = density_grid(field, occupancy, config.resolution, config.chunk)
-        hidden = None if fused is None else fused <= -0.999 * config.truncation_voxels * 2.0 / (config.resolution - 1)
+        hidden = None if fused is None else fused <= -0.999 * config.truncation
         mesh = mesh_from_density(grid, config, hidden)
     hooks.report("extract", 2, 3, "clean-up")
     mesh = remove_small_components(mesh.detached(), config.min_component_ratio)

@@ -121,6 +121,8 @@ class TriplaneField(nn.Module):
         out = torch.empty(resolution**3, device=device)
         for start in range(0, resolution**3, chunk):
             idx = torch.arange(start, min(start + chunk, resolution**3), device=device)
-            pts = torch.stack([axis[idx // resolution**2], axis[(idx // resolution) % resolution], axis[idx % resolution]], -1)
+            pts = torch.stack(
+                [axis[idx // resolution**2], axis[(idx // resolution) % resolution], axis[idx % resolution]], -1
+            )
             out[idx] = self.density(pts)
         return out.view(resolution, resolution, resolution)

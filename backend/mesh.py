@@ -46,14 +46,14 @@ class Mesh:
             out.index_add_(0, self.faces[:, k], n)
         return out / out.norm(dim=-1, keepdim=True).clamp_min(1e-20)
 
-    def to(self, device) -> "Mesh":
+    def to(self, device) -> Mesh:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return Mesh(move(self.vertices), move(self.faces), move(self.vertex_colors), move(self.uvs), move(self.texture))
 
-    def detached(self) -> "Mesh":
+    def detached(self) -> Mesh:
         return replace(self, vertices=self.vertices.detach())
 
-    def transformed(self, matrix: np.ndarray) -> "Mesh":
+    def transformed(self, matrix: np.ndarray) -> Mesh:
         """Apply a 4×4 similarity transform to the vertices (winding kept for positive determinants)."""
         m = torch.as_tensor(matrix, dtype=torch.float64, device=self.vertices.device)
         v = (self.vertices.double() @ m[:3, :3].T + m[:3, 3]).to(self.vertices.dtype)

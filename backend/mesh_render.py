@@ -10,11 +10,15 @@ from .mesh import Mesh
 from .raster import interpolate, rasterize
 
 
-def render_mesh(mesh: Mesh, camera: Camera, background=(1.0, 1.0, 1.0)) -> torch.Tensor:
+def render_mesh(mesh: Mesh, camera: Camera, background=(1.0, 1.0, 1.0), supersample: int = 1) -> torch.Tensor:
     """(H, W, 3) float32 sRGB image of ``mesh`` (vertex colours or UV texture) over a flat background.
 
-    Pixels are point-sampled at their centres (no anti-aliasing). A mesh without colours renders mid-grey.
+    ``supersample`` = s renders s² samples per pixel and averages them (anti-aliased edges, like the renders it is
+    compared with); 1 point-samples pixel centres. A mesh without colours renders mid-grey.
     """
+    if supersample > 1:
+        big = render_mesh(mesh, camera.scaled(camera.width * supersample, camera.height * supersample), background)
+        return F.avg_pool2d(big.permute(2, 0, 1)[None], supersample)[0].permute(1, 2, 0)
     with torch.no_grad():
         frags = rasterize(mesh.vertices, mesh.faces, camera)
         bg = torch.as_tensor(background, dtype=torch.float32, device=frags.mask.device)

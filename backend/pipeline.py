@@ -44,22 +44,35 @@ PRESETS: dict[str, PipelineConfig] = {
     # Sized for a 2-core CPU: about two to three minutes for 16 views at 256².
     "draft": PipelineConfig(
         max_image_size=400,
-        fit=FitConfig(steps=1200, max_seconds=120.0, rays_per_step=2048, hull_resolution=128,
-                      field=FieldConfig(resolution=192, channels=12, density_scale=25.0)),
-        extract=ExtractConfig(resolution=128),
+        fit=FitConfig(
+            steps=1200,
+            max_seconds=120.0,
+            rays_per_step=2048,
+            hull_resolution=128,
+            field=FieldConfig(resolution=192, channels=12, density_scale=25.0),
+        ),
+        extract=ExtractConfig(resolution=192),
         refine=RefineConfig(iterations=400, max_seconds=15.0, points_per_step=16384),
     ),
     "standard": PipelineConfig(
         max_image_size=800,
-        fit=FitConfig(steps=4000, rays_per_step=8192, hull_resolution=128,
-                      field=FieldConfig(resolution=256, channels=16, density_scale=25.0)),
+        fit=FitConfig(
+            steps=4000,
+            rays_per_step=8192,
+            hull_resolution=128,
+            field=FieldConfig(resolution=256, channels=16, density_scale=25.0),
+        ),
         extract=ExtractConfig(resolution=256),
         refine=RefineConfig(iterations=600, points_per_step=65536),
     ),
     "high": PipelineConfig(
         max_image_size=1600,
-        fit=FitConfig(steps=12000, rays_per_step=16384, hull_resolution=192,
-                      field=FieldConfig(resolution=512, channels=24, density_scale=25.0)),
+        fit=FitConfig(
+            steps=12000,
+            rays_per_step=16384,
+            hull_resolution=192,
+            field=FieldConfig(resolution=512, channels=24, density_scale=25.0),
+        ),
         extract=ExtractConfig(resolution=384),
         refine=RefineConfig(iterations=1500, points_per_step=131072),
         bake=BakeConfig(texture_size=2048),
@@ -104,8 +117,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but this torch build sees no CUDA GPU.",
-                         fix="use --device cpu, or install a CUDA build of torch (python install.py --cuda).")
+        raise InputError(
+            "--device cuda was asked for but this torch build sees no CUDA GPU.",
+            fix="use --device cpu, or install a CUDA build of torch (python install.py --cuda).",
+        )
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise InputError(f"unknown device {name!r}.", fix="use auto, cpu or cuda.")
     return torch.device(name)
@@ -118,11 +133,13 @@ def downscale(view: View, max_size: int) -> View:
         return view
     s = max_size / max(H, W)
     h, w = max(1, round(H * s)), max(1, round(W * s))
+
     def resize(a, mode):
         t = torch.as_tensor(a, dtype=torch.float32)
         t = t[None, None] if t.dim() == 2 else t.permute(2, 0, 1)[None]
         out = torch.nn.functional.interpolate(t, size=(h, w), mode=mode)[0]
         return (out[0] if out.shape[0] == 1 and np.ndim(a) == 2 else out.permute(1, 2, 0)).numpy()
+
     return replace(
         view,
         camera=view.camera.scaled(w, h),
@@ -166,16 +183,16 @@ def reconstruct(job: Job, config: PipelineConfig, device: torch.device, hooks: H
     lap("fit")
     mesh = extract(fitted.field, fitted.occupancy, config.extract, hooks, canonical, fitted.hull)
     if mesh.num_faces == 0:
-        raise InputError("the reconstruction is empty: no surface was found inside the bounds.",
-                         fix="check masks and cameras, or try a larger preset.")
+        raise InputError(
+            "the reconstruction is empty: no surface was found inside the bounds.",
+            fix="check masks and cameras, or try a larger preset.",
+        )
     lap("extract")
     refined = refine_texture(fitted.field, mesh, canonical, config.refine, hooks)
     lap("refine")
     baked = bake(mesh, fitted.field.color, config.bake, hooks)
     lap("bake")
-    train_psnr = float(np.mean([
-        psnr(render_mesh(baked, v.camera), composite(v.rgb, v.mask)) for v in canonical
-    ]))
+    train_psnr = float(np.mean([psnr(render_mesh(baked, v.camera, supersample=3), composite(v.rgb, v.mask)) for v in canonical]))
     lap("metrics")
     timings["total"] = round(time.perf_counter() - start, 3)
     world = baked.transformed(norm.world_from_canonical)

@@ -234,10 +234,8 @@ def render_view(camera: Camera, background=(1.0, 1.0, 1.0), supersample: int = 2
 
 
 def _train_elevation(i: int) -> float:
-    """Alternating 15° / 45° rings, with every 8th view (the 7th of each 8) below the equator at -10°."""
-    if i % 8 == 6:
-        return -10.0
-    return 15.0 if i % 2 == 0 else 45.0
+    """Four interleaved rings at −25°, 35°, 5° and 60°, so the underside is seen too."""
+    return (-25.0, 35.0, 5.0, 60.0)[i % 4]
 
 
 def _cameras(config: SceneConfig) -> tuple[list[Camera], list[Camera]]:
@@ -252,8 +250,9 @@ def _cameras(config: SceneConfig) -> tuple[list[Camera], list[Camera]]:
     )
     # held-out views: half-way between the training azimuths, at intermediate elevations
     test_offset = jitter + 180.0 / max(config.train_views, 1)
-    test = orbit_cameras(config.test_views, elevations_degrees=(30.0, 22.0, 35.0, 5.0),
-                         azimuth_offset_degrees=test_offset, **common)
+    test = orbit_cameras(
+        config.test_views, elevations_degrees=(30.0, 22.0, 35.0, 5.0), azimuth_offset_degrees=test_offset, **common
+    )
     return train, test
 
 
@@ -288,8 +287,13 @@ def make_scene(config: SceneConfig = SceneConfig()) -> SyntheticScene:
         return out
 
     vertices, faces = ground_truth_mesh(config.grid)
-    return SyntheticScene(views("train", train_cams), views("test", test_cams), vertices, faces,
-                          tuple(float(c) for c in config.background))
+    return SyntheticScene(
+        views("train", train_cams),
+        views("test", test_cams),
+        vertices,
+        faces,
+        tuple(float(c) for c in config.background),
+    )
 
 
 # --------------------------------------------------------------------------------------------------------- io

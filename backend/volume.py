@@ -78,7 +78,7 @@ class OccupancyGrid:
                 self._bbox = (lo.clamp(-1, 1).cpu(), hi.clamp(-1, 1).cpu())
         return self._bbox
 
-    def dilated(self, cells: int = 1) -> "OccupancyGrid":
+    def dilated(self, cells: int = 1) -> OccupancyGrid:
         k = 2 * cells + 1
         grid = F.max_pool3d(self.occupied[None, None].float(), k, stride=1, padding=cells)[0, 0] > 0
         return OccupancyGrid(grid)
@@ -167,14 +167,22 @@ def render_rays(
     depth = torch.zeros(R, device=origins.device).index_add(0, ray_index, weights * t)
     color = color + (1 - opacity)[:, None] * background
     return RenderOutput(
-        rgb=color, opacity=opacity, depth=depth, depth_median=depth_median, samples=int(len(pts)),
+        rgb=color,
+        opacity=opacity,
+        depth=depth,
+        depth_median=depth_median,
+        samples=int(len(pts)),
         distortion=distortion.to(color.dtype),
     )
 
 
 @torch.no_grad()
 def render_image(
-    field: TriplaneField, occupancy: OccupancyGrid, camera, config: RenderConfig, background=(1.0, 1.0, 1.0),
+    field: TriplaneField,
+    occupancy: OccupancyGrid,
+    camera,
+    config: RenderConfig,
+    background=(1.0, 1.0, 1.0),
     rays_per_chunk: int = 32768,
 ) -> torch.Tensor:
     """Volume-render a whole view (canonical camera) → (H, W, 3) on a flat background."""

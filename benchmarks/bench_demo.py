@@ -105,8 +105,12 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 
 def machine_info(device: str) -> dict:
-    info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "device": device}
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "device": device,
+    }
     try:
         import torch
 
@@ -143,8 +147,18 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for n in range(args.repeat):
         run_dir = out_dir / f"run{n}"
-        cli_args = ["demo", "--output", str(run_dir), "--size", str(size), "--preset", args.preset,
-                    "--device", args.device, "--quiet"]
+        cli_args = [
+            "demo",
+            "--output",
+            str(run_dir),
+            "--size",
+            str(size),
+            "--preset",
+            args.preset,
+            "--device",
+            args.device,
+            "--quiet",
+        ]
         if args.texture:
             cli_args += ["--texture", args.texture]
         print(f"[{n + 1}/{args.repeat}] demo --size {size} --preset {args.preset}", file=sys.stderr, flush=True)
@@ -159,14 +173,32 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for n, r in enumerate(runs):
         m = r["metrics"] or {}
-        rows.append([n, fmt(r["wall_s"], 1), fmt(r["peak_mb"], 0), fmt(m.get("psnr")), fmt(m.get("ssim"), 3),
-                     fmt(m.get("fscore"), 3), fmt(m.get("chamfer_l1"), 4), fmt(m.get("faces"))])
+        rows.append(
+            [
+                n,
+                fmt(r["wall_s"], 1),
+                fmt(r["peak_mb"], 0),
+                fmt(m.get("psnr")),
+                fmt(m.get("ssim"), 3),
+                fmt(m.get("fscore"), 3),
+                fmt(m.get("chamfer_l1"), 4),
+                fmt(m.get("faces")),
+            ]
+        )
     title = f"demo, size {size}, preset {args.preset}{' (SMOKE: tiny preset)' if args.smoke else ''}"
     print(f"\n### {title}\n\n" + markdown_table(headers, rows))
-    path = write_results(out_dir, "results.json", {
-        "benchmark": "demo", "smoke": args.smoke, "size": size, "preset": args.preset,
-        "machine": machine_info(args.device), "runs": runs,
-    })
+    path = write_results(
+        out_dir,
+        "results.json",
+        {
+            "benchmark": "demo",
+            "smoke": args.smoke,
+            "size": size,
+            "preset": args.preset,
+            "machine": machine_info(args.device),
+            "runs": runs,
+        },
+    )
     print(f"\nresults: {path}", file=sys.stderr)
     return 0 if all(r["metrics"] is not None for r in runs) else 1
 

@@ -30,8 +30,9 @@ TEST_VIEWS = 25
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA),
-                        help="lego folder with transforms_train.json / transforms_test.json")
+    parser.add_argument(
+        "--data", default=str(DEFAULT_DATA), help="lego folder with transforms_train.json / transforms_test.json"
+    )
     parser.add_argument("--output", "-o", default="bench_out/lego", help="results folder")
     parser.add_argument("--protocol", choices=[*PROTOCOLS, "all"], default="all")
     parser.add_argument("--preset", choices=["draft", "standard", "high"], default="draft")
@@ -39,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-views", type=int, default=TEST_VIEWS, help=f"first N test views (default {TEST_VIEWS})")
     parser.add_argument("--volume-views", type=int, default=8, help="test views also volume-rendered (default 8)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before a run is killed")
-    parser.add_argument("--smoke", action="store_true",
-                        help="sparse8 only, tiny preset, 2 test views: checks the plumbing only")
+    parser.add_argument(
+        "--smoke", action="store_true", help="sparse8 only, tiny preset, 2 test views: checks the plumbing only"
+    )
     args = parser.parse_args(argv)
 
     data = Path(args.data)
@@ -58,8 +60,21 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for n, name in enumerate(protocols):
         run_dir = out_dir / name
-        cli_args = ["eval", str(data), "--output", str(run_dir), "--preset", args.preset, "--device", args.device,
-                    "--test-views", str(test_views), "--volume-views", str(volume_views), "--quiet"]
+        cli_args = [
+            "eval",
+            str(data),
+            "--output",
+            str(run_dir),
+            "--preset",
+            args.preset,
+            "--device",
+            args.device,
+            "--test-views",
+            str(test_views),
+            "--volume-views",
+            str(volume_views),
+            "--quiet",
+        ]
         if PROTOCOLS[name] is not None:
             cli_args += ["--train-views", ",".join(str(i) for i in PROTOCOLS[name])]
         print(f"[{n + 1}/{len(protocols)}] lego {name}", file=sys.stderr, flush=True)
@@ -70,25 +85,64 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  failed (exit {record['exit_code']}): {record['last_line']}", file=sys.stderr)
         results.append(dict(record, protocol=name, report=report))
 
-    headers = ["protocol", "train views", "test views", "wall s", "peak MB", "mesh PSNR", "SSIM", "volume PSNR",
-               "faces"]
+    headers = [
+        "protocol",
+        "train views",
+        "test views",
+        "wall s",
+        "peak MB",
+        "mesh PSNR",
+        "SSIM",
+        "volume PSNR",
+        "faces",
+    ]
     rows = []
     for r in results:
         m = r["report"]
         if m is None:
-            rows.append([r["protocol"], "", "", fmt(r["wall_s"], 1), fmt(r["peak_mb"], 0),
-                         f"failed (exit {r['exit_code']})", "", "", ""])
+            rows.append(
+                [
+                    r["protocol"],
+                    "",
+                    "",
+                    fmt(r["wall_s"], 1),
+                    fmt(r["peak_mb"], 0),
+                    f"failed (exit {r['exit_code']})",
+                    "",
+                    "",
+                    "",
+                ]
+            )
             continue
-        rows.append([r["protocol"], fmt(m.get("train_views")), fmt(m.get("test_views")), fmt(r["wall_s"], 1),
-                     fmt(r["peak_mb"], 0), fmt(m.get("psnr")), fmt(m.get("ssim"), 3), fmt(m.get("volume_psnr")),
-                     fmt((m.get("reconstruct") or {}).get("faces"))])
+        rows.append(
+            [
+                r["protocol"],
+                fmt(m.get("train_views")),
+                fmt(m.get("test_views")),
+                fmt(r["wall_s"], 1),
+                fmt(r["peak_mb"], 0),
+                fmt(m.get("psnr")),
+                fmt(m.get("ssim"), 3),
+                fmt(m.get("volume_psnr")),
+                fmt((m.get("reconstruct") or {}).get("faces")),
+            ]
+        )
     title = f"lego, preset {args.preset}{' (SMOKE: tiny preset)' if args.smoke else ''}"
     print(f"\n### {title}\n\n" + common.markdown_table(headers, rows))
-    path = common.write_results(out_dir, "results.json", {
-        "benchmark": "lego", "smoke": args.smoke, "data": str(data), "preset": args.preset,
-        "test_views": test_views, "sparse8": list(SPARSE8), "machine": common.machine_info(args.device),
-        "runs": results,
-    })
+    path = common.write_results(
+        out_dir,
+        "results.json",
+        {
+            "benchmark": "lego",
+            "smoke": args.smoke,
+            "data": str(data),
+            "preset": args.preset,
+            "test_views": test_views,
+            "sparse8": list(SPARSE8),
+            "machine": common.machine_info(args.device),
+            "runs": results,
+        },
+    )
     print(f"\nresults: {path}", file=sys.stderr)
     return 0 if all(r["report"] is not None for r in results) else 1
 

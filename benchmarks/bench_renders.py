@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-views", type=int, default=None, help="score on the first N test views (default all)")
     parser.add_argument("--volume-views", type=int, default=None, help="test views also volume-rendered")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before a run is killed")
-    parser.add_argument("--smoke", action="store_true",
-                        help="first dataset only, tiny preset, 2 test views: checks the plumbing only")
+    parser.add_argument(
+        "--smoke", action="store_true", help="first dataset only, tiny preset, 2 test views: checks the plumbing only"
+    )
     args = parser.parse_args(argv)
 
     data = Path(args.data)
@@ -67,8 +68,17 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for n, folder in enumerate(datasets):
         run_dir = out_dir / folder.name
-        cli_args = ["eval", str(folder), "--output", str(run_dir), "--preset", args.preset, "--device", args.device,
-                    "--quiet"]
+        cli_args = [
+            "eval",
+            str(folder),
+            "--output",
+            str(run_dir),
+            "--preset",
+            args.preset,
+            "--device",
+            args.device,
+            "--quiet",
+        ]
         if test_views:
             cli_args += ["--test-views", str(test_views)]
         if volume_views is not None:
@@ -86,17 +96,46 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         m = r["report"]
         if m is None:
-            rows.append([r["name"], fmt(r["wall_s"], 1), fmt(r["peak_mb"], 0), f"failed (exit {r['exit_code']})",
-                         "", "", "", ""])
+            rows.append(
+                [
+                    r["name"],
+                    fmt(r["wall_s"], 1),
+                    fmt(r["peak_mb"], 0),
+                    f"failed (exit {r['exit_code']})",
+                    "",
+                    "",
+                    "",
+                    "",
+                ]
+            )
             continue
-        rows.append([r["name"], fmt(r["wall_s"], 1), fmt(r["peak_mb"], 0), fmt(m.get("psnr")), fmt(m.get("ssim"), 3),
-                     fmt(m.get("volume_psnr")), fmt(m.get("fscore"), 3), fmt(m.get("chamfer_l1"), 4)])
+        rows.append(
+            [
+                r["name"],
+                fmt(r["wall_s"], 1),
+                fmt(r["peak_mb"], 0),
+                fmt(m.get("psnr")),
+                fmt(m.get("ssim"), 3),
+                fmt(m.get("volume_psnr")),
+                fmt(m.get("fscore"), 3),
+                fmt(m.get("chamfer_l1"), 4),
+            ]
+        )
     title = f"renders, preset {args.preset}{' (SMOKE: tiny preset)' if args.smoke else ''}"
     print(f"\n### {title}\n\n" + common.markdown_table(headers, rows))
-    path = common.write_results(out_dir, "results.json", {
-        "benchmark": "renders", "smoke": args.smoke, "data": str(data), "preset": args.preset,
-        "test_views": test_views, "machine": common.machine_info(args.device), "runs": results,
-    })
+    path = common.write_results(
+        out_dir,
+        "results.json",
+        {
+            "benchmark": "renders",
+            "smoke": args.smoke,
+            "data": str(data),
+            "preset": args.preset,
+            "test_views": test_views,
+            "machine": common.machine_info(args.device),
+            "runs": results,
+        },
+    )
     print(f"\nresults: {path}", file=sys.stderr)
     return 0 if all(r["report"] is not None for r in results) else 1
 

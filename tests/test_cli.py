@@ -92,11 +92,24 @@ def assert_input_error(proc: subprocess.CompletedProcess, out: Path, view: str |
     "command, flags",
     [
         (None, ["reconstruct", "demo", "eval"]),
-        ("reconstruct", ["--output", "--formats", "--preset", "--texture", "--texture-size", "--faces", "--device",
-                         "--quiet"]),
+        (
+            "reconstruct",
+            ["--output", "--formats", "--preset", "--texture", "--texture-size", "--faces", "--device", "--quiet"],
+        ),
         ("demo", ["--output", "--size", "--preset", "--texture", "--faces", "--device", "--quiet"]),
-        ("eval", ["--output", "--train-views", "--test-views", "--volume-views", "--gt-mesh", "--preset", "--device",
-                  "--quiet"]),
+        (
+            "eval",
+            [
+                "--output",
+                "--train-views",
+                "--test-views",
+                "--volume-views",
+                "--gt-mesh",
+                "--preset",
+                "--device",
+                "--quiet",
+            ],
+        ),
     ],
 )
 def test_help(command, flags):

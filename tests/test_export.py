@@ -53,11 +53,11 @@ def read_glb(path):
     assert magic == b"glTF" and version == 2 and length == len(data)
     json_len, json_type = struct.unpack_from("<I4s", data, 12)
     assert json_type == b"JSON" and json_len % 4 == 0
-    doc = json.loads(data[20:20 + json_len])
+    doc = json.loads(data[20 : 20 + json_len])
     bin_offset = 20 + json_len
     bin_len, bin_type = struct.unpack_from("<I4s", data, bin_offset)
     assert bin_type == b"BIN\0" and bin_len % 4 == 0 and bin_offset + 8 + bin_len == len(data)
-    blob = data[bin_offset + 8:]
+    blob = data[bin_offset + 8 :]
     return doc, blob
 
 
@@ -120,8 +120,9 @@ def test_npz_is_a_plain_zip_of_npy(tmp_path):
 
 
 def test_srgb_to_linear_known_values():
-    np.testing.assert_allclose(srgb_to_linear(np.array([0.0, 0.5, 1.0, 0.04045])),
-                               [0.0, 0.21404114, 1.0, 0.04045 / 12.92], rtol=1e-6)
+    np.testing.assert_allclose(
+        srgb_to_linear(np.array([0.0, 0.5, 1.0, 0.04045])), [0.0, 0.21404114, 1.0, 0.04045 / 12.92], rtol=1e-6
+    )
 
 
 def test_glb_coloured_cube(tmp_path):
@@ -187,7 +188,7 @@ def test_glb_textured_quad(tmp_path):
     image = doc["images"][0]
     assert image["mimeType"] == "image/png"
     view = doc["bufferViews"][image["bufferView"]]
-    png = blob[view["byteOffset"]:view["byteOffset"] + view["byteLength"]]
+    png = blob[view["byteOffset"] : view["byteOffset"] + view["byteLength"]]
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
     loaded = trimesh.load(path, force="mesh", process=False)

@@ -49,8 +49,12 @@ def tiny_config(steps: int = 250, refine_iterations: int = 60) -> PipelineConfig
     )
 
 
-def move_scene(scene: SyntheticScene, scale: float = WORLD_SCALE, degrees: float = WORLD_ROTATION_Z_DEGREES,
-               offset: np.ndarray = WORLD_OFFSET) -> SyntheticScene:
+def move_scene(
+    scene: SyntheticScene,
+    scale: float = WORLD_SCALE,
+    degrees: float = WORLD_ROTATION_Z_DEGREES,
+    offset: np.ndarray = WORLD_OFFSET,
+) -> SyntheticScene:
     """The scene in another world frame, p' = scale · Rz · p + offset (Z stays up), so a mesh left in the
     pipeline's canonical [-1, 1]³ frame cannot pass for one in the job's world frame."""
     a = np.radians(degrees)
@@ -66,8 +70,9 @@ def move_scene(scene: SyntheticScene, scale: float = WORLD_SCALE, degrees: float
         return replace(view, camera=camera, depth=depth)
 
     vertices = (scale * scene.gt_vertices.astype(np.float64) @ rot.T + offset).astype(np.float32)
-    return replace(scene, train=[move_view(v) for v in scene.train], test=[move_view(v) for v in scene.test],
-                   gt_vertices=vertices)
+    return replace(
+        scene, train=[move_view(v) for v in scene.train], test=[move_view(v) for v in scene.test], gt_vertices=vertices
+    )
 
 
 @pytest.fixture(scope="module")
@@ -197,8 +202,21 @@ def test_cli_eval(dataset, tmp_path, monkeypatch, capsys):
     torch.manual_seed(0)
     out = tmp_path / "eval"
     code = cli.main(
-        ["eval", str(dataset), "--output", str(out), "--preset", "draft", "--test-views", "2", "--volume-views", "1",
-         "--device", "cpu", "--quiet"]
+        [
+            "eval",
+            str(dataset),
+            "--output",
+            str(out),
+            "--preset",
+            "draft",
+            "--test-views",
+            "2",
+            "--volume-views",
+            "1",
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
     )
     err = capsys.readouterr().err
     assert code == 0, err

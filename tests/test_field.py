@@ -1,0 +1,48 @@
+"""Triplane sampling conventions (GTR): plane order, interleaved features, border padding."""
+
+import torch
+
+from backend.field import FieldConfig, TriplaneField, sample_planes
+
+
+def test_plane_axes_and_interleaved_order():
+    R, C = 4, 2
+    planes = torch.zeros(3, C, R, R)
+    # A feature that varies along the columns (u) of plane 0 only, and along the rows (v) of plane 2 only.
+    planes[0, 0] = torch.arange(R, dtype=torch.float32)[None, :].expand(R, R)
+    planes[2, 1] = torch.arange(R, dtype=torch.float32)[:, None].expand(R, R)
+    # Texel centres of a 4-wide plane lie at (2j + 1) / 4 - 1.
+    x = torch.tensor([[-0.75, 0.0, 0.25], [0.75, 0.0, -0.75]])
+    feats = sample_planes(planes, x)
+    assert feats.shape == (2, 3 * C)
+    # feature[3c + p]: plane 0, channel 0 = column index of x (u = x).
+    assert torch.allclose(feats[:, 0], torch.tensor([0.0, 3.0]))
+    # plane 2 (y, z), channel 1 = row index of z (v = z) → feature index 3·1 + 2 = 5.
+    assert torch.allclose(feats[:, 5], torch.tensor([2.0, 0.0]))
+
+
+def test_border_padding_clamps_outside_points():
+    planes = torch.randn(3, 3, 8, 8)
+    inside = sample_planes(planes, torch.tensor([[0.9375, 0.9375, 0.9375]]))
+    outside = sample_planes(planes, torch.tensor([[5.0, 5.0, 5.0]]))
+    assert torch.allclose(inside, outside)
+
+
+def test_density_is_non_negative_and_colour_saturates():
+    torch.manual_seed(0)
+    field = TriplaneField(FieldConfig(resolution=8, channels=4))
+    pts = torch.rand(100, 3) * 2 - 1
+    sigma, rgb = field(pts)
+    assert (sigma >= 0).all()
+    s = field.config.color_saturation
+    assert (rgb >= -s).all() and (rgb <= 1 + s).all()
+    assert sigma.shape == (100,) and rgb.shape == (100, 3)
+
+
+def test_density_grid_corner_lattice_order():
+    torch.manual_seed(0)
+    field = TriplaneField(FieldConfig(resolution=8, channels=4))
+    grid = field.density_grid(5)
+    assert grid.shape == (5, 5, 5)
+    point = torch.tensor([[-1.0, 0.0, 0.5]])  # indices (0, 2, 3)
+    assert torch.allclose(grid[0, 2, 3], field.density(point)[0], atol=1e-6)
