@@ -26,12 +26,21 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--texture", choices=["vertex", "uv"], default=None, help="vertex colours or a UV texture")
     p.add_argument("--texture-size", type=int, default=None, help="texture side in pixels for --texture uv")
     p.add_argument("--faces", type=int, default=None, help="decimate the mesh to at most this many faces")
+    p.add_argument("--fit-steps", type=int, default=None, help="field-fit steps (default: the preset's)")
+    p.add_argument("--fit-seconds", type=float, default=None, help="stop the field fit after this many seconds")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: CUDA when present)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _options(args: argparse.Namespace) -> dict:
-    keys = {"preset": args.preset, "texture": args.texture, "texture_size": args.texture_size, "faces": args.faces}
+    keys = {
+        "preset": args.preset,
+        "texture": args.texture,
+        "texture_size": args.texture_size,
+        "faces": args.faces,
+        "fit_steps": args.fit_steps,
+        "fit_seconds": args.fit_seconds,
+    }
     return {k: v for k, v in keys.items() if v is not None}
 
 

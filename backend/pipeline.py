@@ -87,10 +87,24 @@ def preset(name: str) -> PipelineConfig:
 
 
 def configure(
-    base: PipelineConfig, *, texture: str | None = None, texture_size: int | None = None, faces: int | None = None
+    base: PipelineConfig,
+    *,
+    texture: str | None = None,
+    texture_size: int | None = None,
+    faces: int | None = None,
+    fit_steps: int | None = None,
+    fit_seconds: float | None = None,
 ) -> PipelineConfig:
     """The preset with the user's choices applied (None keeps the preset's value)."""
     cfg = base
+    if fit_steps is not None:
+        if int(fit_steps) < 1:
+            raise InputError(f"fit_steps must be at least 1, got {fit_steps}.")
+        cfg = replace(cfg, fit=replace(cfg.fit, steps=int(fit_steps)))
+    if fit_seconds is not None:
+        if float(fit_seconds) <= 0:
+            raise InputError(f"fit_seconds must be positive, got {fit_seconds}.")
+        cfg = replace(cfg, fit=replace(cfg.fit, max_seconds=float(fit_seconds)))
     if texture is not None:
         if texture not in ("vertex", "uv"):
             raise InputError(f"unknown texture mode {texture!r}.", fix="use 'vertex' or 'uv'.")
@@ -103,12 +117,15 @@ def configure(
 
 
 def config_from_options(options: dict) -> PipelineConfig:
-    """Pipeline configuration from job options / CLI flags: preset, texture, texture_size, faces."""
+    """Pipeline configuration from job options / CLI flags: preset, texture, texture_size, faces, fit_steps,
+    fit_seconds."""
     return configure(
         preset(options.get("preset", "draft")),
         texture=options.get("texture"),
         texture_size=options.get("texture_size"),
         faces=options.get("faces"),
+        fit_steps=options.get("fit_steps"),
+        fit_seconds=options.get("fit_seconds"),
     )
 
 
@@ -192,7 +209,8 @@ def reconstruct(job: Job, config: PipelineConfig, device: torch.device, hooks: H
     lap("refine")
     baked = bake(mesh, fitted.field.color, config.bake, hooks)
     lap("bake")
-    train_psnr = float(np.mean([psnr(render_mesh(baked, v.camera, supersample=3), composite(v.rgb, v.mask)) for v in canonical]))
+    renders = [render_mesh(baked, v.camera, supersample=3) for v in canonical]
+    train_psnr = float(np.mean([psnr(img, composite(v.rgb, v.mask)) for img, v in zip(renders, canonical)]))
     lap("metrics")
     timings["total"] = round(time.perf_counter() - start, 3)
     world = baked.transformed(norm.world_from_canonical)

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_lego.py --output bench_out/lego [--data ../shared/data/nerf_synthetic_lego_400]
                                     [--protocol full|sparse8|all] [--preset draft] [--device auto]
+                                    [--fit-steps N] [--fit-seconds S]
     python benchmarks/bench_lego.py --output /tmp/smoke --smoke      # sparse8, tiny preset: plumbing only
 
 Protocols: ``full`` reconstructs from all train views; ``sparse8`` from train views 26, 86, 2, 55, 75, 93, 16, 73.
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-views", type=int, default=TEST_VIEWS, help=f"first N test views (default {TEST_VIEWS})")
     parser.add_argument("--volume-views", type=int, default=8, help="test views also volume-rendered (default 8)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before a run is killed")
+    parser.add_argument("--fit-steps", type=int, default=None, help="passed to eval (default: the preset's)")
+    parser.add_argument("--fit-seconds", type=float, default=None, help="passed to eval (default: the preset's)")
     parser.add_argument(
         "--smoke", action="store_true", help="sparse8 only, tiny preset, 2 test views: checks the plumbing only"
     )
@@ -77,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if PROTOCOLS[name] is not None:
             cli_args += ["--train-views", ",".join(str(i) for i in PROTOCOLS[name])]
+        if args.fit_steps is not None:
+            cli_args += ["--fit-steps", str(args.fit_steps)]
+        if args.fit_seconds is not None:
+            cli_args += ["--fit-seconds", str(args.fit_seconds)]
         print(f"[{n + 1}/{len(protocols)}] lego {name}", file=sys.stderr, flush=True)
         command = common.backend_command(cli_args, args.smoke)
         record = common.run_measured(command, out_dir / f"{name}.log", args.timeout)
