@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="reconstruct a built-in procedural object and score it")
     demo.add_argument("--output", "-o", required=True, help="output folder")
-    demo.add_argument("--size", type=int, default=128, help="image size of the generated views")
+    demo.add_argument("--size", type=int, default=160, help="image size of the generated views")
     _add_pipeline_flags(demo)
     demo.set_defaults(run=cmd_demo)
 

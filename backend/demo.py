@@ -21,7 +21,7 @@ from .views import Job
 def run_demo(
     out_dir: Path,
     *,
-    size: int = 128,
+    size: int = 160,
     options: dict | None = None,
     device_name: str = "auto",
     hooks: Hooks | None = None,

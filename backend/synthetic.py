@@ -43,7 +43,7 @@ class SceneConfig:
     test_views: int = 4
     radius: float = 4.0
     """Camera distance from the origin (the object fits in about [-1, 1]³)."""
-    fov_degrees: float = 40.0
+    fov_degrees: float = 30.0
     seed: int = 0
     """Seeds the small random jitter of the camera azimuths (0 = the canonical, evenly spaced rings)."""
     grid: int = 160

@@ -1,6 +1,6 @@
 """Benchmark ``python -m backend demo``: wall time, peak memory and the demo's held-out scores.
 
-    python benchmarks/bench_demo.py --output bench_out/demo [--size 128] [--preset draft] [--device auto] [--repeat 1]
+    python benchmarks/bench_demo.py --output bench_out/demo [--size 160] [--preset draft] [--device auto] [--repeat 1]
     python benchmarks/bench_demo.py --output /tmp/smoke --smoke      # seconds: checks the plumbing only
 
 Each run is a fresh subprocess; peak memory is that process's maximum resident set size (``os.wait4``). Prints a
@@ -133,7 +133,7 @@ def write_results(out_dir: Path, name: str, payload: dict) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", "-o", default="bench_out/demo", help="results folder (default bench_out/demo)")
-    parser.add_argument("--size", type=int, default=128, help="demo image size (default 128)")
+    parser.add_argument("--size", type=int, default=160, help="demo image size (default 160)")
     parser.add_argument("--preset", choices=["draft", "standard", "high"], default="draft")
     parser.add_argument("--texture", choices=["vertex", "uv"], default=None)
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
