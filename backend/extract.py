@@ -38,8 +38,6 @@ class ExtractConfig:
     truncation: float = 0.18
     """Truncation of the fused distance, in canonical units (the box is 2 wide). Larger values average more views
     into each point (smoother, more accurate surfaces on solid objects) but can thicken parts thinner than this."""
-    inset: float = 0.0
-    """Move the fused surface inwards by this distance (canonical units)."""
     depth_map_size: int = 512
     """Longest side of the depth maps rendered for the fused distance (smaller inputs are used as they are)."""
     max_fusion_views: int = 32
@@ -209,7 +207,7 @@ def mesh_from_distance(fused: torch.Tensor, config: ExtractConfig) -> Mesh:
     """Marching cubes at the zero level of a fused signed distance (negative inside), after the optional blur."""
     if config.blur_voxels > 0:
         fused = gaussian_blur3d(fused, config.blur_voxels)
-    vertices, faces = marching_cubes(-fused, config.inset, backend="auto")
+    vertices, faces = marching_cubes(-fused, 0.0, backend="auto")
     return Mesh(vertices, faces)
 
 

@@ -169,9 +169,17 @@ def sphere_trace(
     secant/bisection refinements around the converged distance."""
     t_near, t_far = _box_interval(origins, dirs)
     t = t_near.clone()
-    for _ in range(steps):
-        dist = scene_sdf(origins + t[:, None] * dirs)
-        t = torch.where(t < t_far, t + 0.9 * dist, t)
+    active = torch.arange(t.shape[0])
+    dist = torch.ones_like(t)
+    for step in range(steps):
+        if step % 8 == 7:  # drop converged rays and rays that left the box
+            keep = (t[active] < t_far[active]) & (dist.abs() > 1e-5)
+            active = active[keep]
+            if active.numel() == 0:
+                break
+        ta, fa = t[active], t_far[active]
+        dist = scene_sdf(origins[active] + ta[:, None] * dirs[active])
+        t[active] = torch.where(ta < fa, ta + 0.9 * dist, ta)
     dist = scene_sdf(origins + t[:, None] * dirs)
     hit = (dist.abs() < 2e-3) & (t < t_far) & (t >= t_near - 1e-3)
     # bracket [lo, hi] with sdf(lo) > 0 > sdf(hi); refine where valid
