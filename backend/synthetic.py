@@ -14,6 +14,7 @@ The ground-truth mesh is a marching-cubes surface of the SDF on a fine grid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import torch
 from PIL import Image
 
 from .cameras import Camera, orbit_cameras, ray_bundle, w2c_to_opengl_c2w
+from .marching_cubes import marching_cubes
 from .views import View
 
 BOX = 1.0
@@ -153,6 +155,21 @@ def shade(points: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------- tracing
 
 
+@contextlib.contextmanager
+def _single_thread():
+    """Run torch ops on one intra-op thread, restoring the setting afterwards.
+
+    The tensors here are small (≤ 10⁵ elements per op, thousands of ops); on a busy 2-core machine torch's
+    intra-op thread pool then spends its time waiting for the other core (measured: 3 s → 170 s for
+    :func:`make_scene`), while one thread is never much slower than two."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _box_interval(o: torch.Tensor, d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     safe = torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
     t_a, t_b = (-BOX - o) / safe, (BOX - o) / safe
@@ -215,7 +232,7 @@ def render_view(camera: Camera, background=(1.0, 1.0, 1.0), supersample: int = 2
     hit = torch.zeros(n, dtype=torch.bool)
     t_all = torch.zeros(n)
     colour_lin = torch.zeros(n, 3)
-    with torch.no_grad():
+    with torch.no_grad(), _single_thread():
         if candidates.numel():
             h, t = sphere_trace(o[candidates], d[candidates])
             idx = candidates[h]
@@ -266,21 +283,15 @@ def _cameras(config: SceneConfig) -> tuple[list[Camera], list[Camera]]:
 
 def ground_truth_mesh(grid: int = 160) -> tuple[np.ndarray, np.ndarray]:
     """Marching-cubes surface of :func:`scene_sdf` on a ``grid``³ lattice spanning [-BOX, BOX]³."""
-    from .marching_cubes import marching_cubes
-
     axis = torch.linspace(-BOX, BOX, grid)
     values = torch.empty(grid, grid, grid)
     yy, zz = torch.meshgrid(axis, axis, indexing="ij")
-    with torch.no_grad():
+    with torch.no_grad(), _single_thread():
         for i in range(grid):  # slab by slab keeps memory small
             pts = torch.stack([torch.full_like(yy, float(axis[i])), yy, zz], -1)
             values[i] = -scene_sdf(pts)
-    box_min = torch.full((3,), -BOX)
-    box_max = torch.full((3,), BOX)
-    vertices, faces = marching_cubes(values, 0.0, box_min, box_max)
-    v = vertices.detach().cpu().numpy() if isinstance(vertices, torch.Tensor) else np.asarray(vertices)
-    f = faces.detach().cpu().numpy() if isinstance(faces, torch.Tensor) else np.asarray(faces)
-    return v.astype(np.float32), f.astype(np.int64)
+        vertices, faces = marching_cubes(values, 0.0, (-BOX, -BOX, -BOX), (BOX, BOX, BOX))
+    return vertices.detach().cpu().numpy().astype(np.float32), faces.detach().cpu().numpy().astype(np.int64)
 
 
 def make_scene(config: SceneConfig = SceneConfig()) -> SyntheticScene:
