@@ -82,7 +82,7 @@ def _hooks(args):
     return Hooks(progress=bar), bar
 
 
-def _run_pipeline(job, args, out_dir: Path, formats: tuple[str, ...] = ("npz", "glb")):
+def _run_pipeline(job, args, formats: tuple[str, ...] = ("npz", "glb")):
     from dataclasses import replace
 
     from .pipeline import config_from_options, reconstruct, resolve_device
@@ -100,16 +100,18 @@ def _run_pipeline(job, args, out_dir: Path, formats: tuple[str, ...] = ("npz", "
 
 
 def cmd_reconstruct(args) -> int:
+    from .export import FORMATS
     from .inputs import check_output_dir, load_job
     from .pipeline import write_outputs
 
     out_dir = check_output_dir(args.output)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    bad = [f for f in formats if f not in ("npz", "glb", "obj", "ply")]
+    bad = [f for f in formats if f not in FORMATS]
     if bad:
-        raise InputError(f"unknown output format(s) {bad}.", fix="use a comma-separated subset of npz,glb,obj,ply.")
+        fix = f"use a comma-separated subset of {','.join(FORMATS)}."
+        raise InputError(f"unknown output format(s) {bad}.", fix=fix)
     job = load_job(args.input, options_override=_options(args))
-    result, config = _run_pipeline(job, args, out_dir, formats)
+    result, config = _run_pipeline(job, args, formats)
     metrics = write_outputs(result, out_dir, config)
     print(
         f"wrote {out_dir} ({metrics['faces']} faces, train PSNR {metrics['train_psnr']:.2f} dB, "
@@ -158,7 +160,7 @@ def cmd_eval(args) -> int:
     test_file = find_transforms_file(dataset, "test")
     test_select = list(range(args.test_views)) if args.test_views else None
     test = load_transforms(test_file, select=test_select).views
-    result, config = _run_pipeline(job, args, out_dir)
+    result, config = _run_pipeline(job, args)
     gt_path = Path(args.gt_mesh) if args.gt_mesh else dataset / "gt.ply"
     gt = None
     if gt_path.exists():

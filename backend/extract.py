@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .cameras import ray_bundle
 from .field import TriplaneField
-from .hull import project_points
+from .hull import pixel_lookup
 from .marching_cubes import marching_cubes
 from .mesh import Mesh
 from .progress import Hooks
@@ -185,10 +185,8 @@ def fused_distance(
         views = [views[i] for i in np.linspace(0, len(views) - 1, config.max_fusion_views).round().astype(int)]
     for view in views:
         cam, t_stop = stop_depths(field, occupancy, view, config.depth_map_size)
-        uv, z = project_points(cam, pts)
-        col, row = uv[:, 0].floor().long(), uv[:, 1].floor().long()
-        inside = (z > 0) & (col >= 0) & (col < cam.width) & (row >= 0) & (row < cam.height)
-        stop = t_stop[row.clamp(0, cam.height - 1) * cam.width + col.clamp(0, cam.width - 1)]
+        index, inside, z = pixel_lookup(cam, pts)
+        stop = t_stop[index]
         if cam.orthographic:
             t_point = z
         else:

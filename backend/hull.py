@@ -23,6 +23,16 @@ def project_points(camera: Camera, points: torch.Tensor) -> tuple[torch.Tensor, 
     return uv, z
 
 
+def pixel_lookup(camera: Camera, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For (P, 3) world points: the row-major index of the pixel each falls in (clamped into the image), whether
+    it falls inside the image in front of the camera, and its camera z."""
+    uv, z = project_points(camera, points)
+    col, row = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+    inside = (z > 0) & (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height)
+    index = row.clamp(0, camera.height - 1) * camera.width + col.clamp(0, camera.width - 1)
+    return index, inside, z
+
+
 def carve(
     cameras: list[Camera],
     masks: list[np.ndarray],
@@ -46,10 +56,8 @@ def carve(
         if dilate_px > 0:
             m = F.max_pool2d(m, 2 * dilate_px + 1, stride=1, padding=dilate_px)
         m = m[0, 0] > threshold
-        uv, z = project_points(camera, pts)
-        col, row = uv[:, 0].floor().long(), uv[:, 1].floor().long()
-        inside = (z > 0) & (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height)
-        fg = m[row.clamp(0, camera.height - 1), col.clamp(0, camera.width - 1)]
+        index, inside, _ = pixel_lookup(camera, pts)
+        fg = m.reshape(-1)[index]
         seen[alive] += inside.int()
         alive = alive[~inside | fg]
         if hooks:
