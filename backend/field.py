@@ -35,16 +35,18 @@ class FieldConfig:
     """σ = density_scale · softplus(z) (GTR: 1). Larger values let a fresh fit reach opaque surfaces quickly."""
 
 
-def make_mlp(in_dim: int, width: int, out_dim: int, layers: int) -> nn.Sequential:
-    """Linear → GELU(erf) → … → Linear with ``layers`` linear layers. Parameter names are ``layers.{0,2,4..}``
-    in the nn.Sequential; :mod:`backend` GTR checkpoint loading maps names explicitly."""
-    dims = [in_dim] + [width] * (layers - 1) + [out_dim]
-    modules: list[nn.Module] = []
-    for k in range(layers):
-        modules.append(nn.Linear(dims[k], dims[k + 1]))
-        if k < layers - 1:
-            modules.append(nn.GELU())
-    return nn.Sequential(*modules)
+class MLP(nn.Module):
+    """``layers`` linear layers with GELU (erf) between them; parameters are named ``layers.{i}`` as in GTR."""
+
+    def __init__(self, in_dim: int, width: int, out_dim: int, layers: int):
+        super().__init__()
+        dims = [in_dim] + [width] * (layers - 1) + [out_dim]
+        self.layers = nn.ModuleList([nn.Linear(dims[k], dims[k + 1]) for k in range(layers)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[:-1]:
+            x = F.gelu(layer(x))
+        return self.layers[-1](x)
 
 
 def sample_planes(planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -61,22 +63,28 @@ def sample_planes(planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 class TriplaneField(nn.Module):
-    """Triplane + separate density and colour MLPs.
+    """Triplane + separate density and colour MLPs (given MLPs are shared, e.g. a GTR checkpoint's).
 
     ``density_prior`` is an optional (D, D, D) grid of pre-activation offsets over [-1, 1]³ (indexed [x, y, z]);
     the no-weights fit seeds it from the visual hull so optimisation starts near the right shape and space
     outside the hull stays empty.
     """
 
-    def __init__(self, config: FieldConfig, planes: torch.Tensor | None = None):
+    def __init__(
+        self,
+        config: FieldConfig,
+        planes: torch.Tensor | None = None,
+        mlp_sigma: MLP | None = None,
+        mlp_color: MLP | None = None,
+    ):
         super().__init__()
         self.config = config
         if planes is None:
             planes = torch.randn(3, config.channels, config.resolution, config.resolution) * config.init_std
         self.planes = nn.Parameter(planes)
         in_dim = 3 * planes.shape[1]
-        self.mlp_sigma = make_mlp(in_dim, config.width, 1, config.sigma_layers)
-        self.mlp_color = make_mlp(in_dim, config.width, 3, config.color_layers)
+        self.mlp_sigma = mlp_sigma or MLP(in_dim, config.width, 1, config.sigma_layers)
+        self.mlp_color = mlp_color or MLP(in_dim, config.width, 3, config.color_layers)
         self.register_buffer("density_prior", None, persistent=False)
 
     def set_density_prior(self, prior: torch.Tensor | None) -> None:

@@ -72,8 +72,11 @@ _FACES = _cube_faces()
 _EDGE_FACES = [{f for f, (_, ring) in enumerate(_FACES) if c0 in ring and c1 in ring} for c0, c1, _ in _EDGES]
 
 
-def _face_segments(case: int) -> list[tuple[int, int]]:
+def _face_segments(case: int, join_inside: bool = False) -> list[tuple[int, int]]:
     """Oriented segments (edge_from, edge_to) of one corner configuration, over all six cube faces.
+
+    On an ambiguous face the inside corners are cut off one by one, or with ``join_inside`` the outside corners are
+    (the inside then connects across the face, as diso's tables do).
 
     Orientation: walking from ``edge_from`` to ``edge_to`` on a face seen from outside the cube, the inside corners
     lie on the right. Chained, the loops then run so that the right-hand normal points out of the inside region.
@@ -87,15 +90,18 @@ def _face_segments(case: int) -> list[tuple[int, int]]:
             continue
         if len(crossed) == 2:
             pairs = [(ring_edges[crossed[0]], ring_edges[crossed[1]], [ring[q] for q in range(4) if inside[ring[q]]])]
-        else:  # ambiguous face: cut off each inside corner on its own (fixed rule, identical in both cells)
+        else:  # ambiguous face: cut off each corner of one kind on its own (fixed rule, identical in both cells)
+            cut = 0 if join_inside else 1
             pairs = []
             for q in range(4):
-                if inside[ring[q]]:
+                if inside[ring[q]] == cut:
                     pairs.append((ring_edges[(q - 1) % 4], ring_edges[q], [ring[q]]))
-        for ea, eb, inside_corners in pairs:
+        for ea, eb, corners in pairs:
             d = _EDGE_MID[eb] - _EDGE_MID[ea]
             centre = (_EDGE_MID[ea] + _EDGE_MID[eb]) / 2.0
-            side = float(np.dot(np.cross(normal, d), _CORNERS[inside_corners[0]] - centre))
+            side = float(np.dot(np.cross(normal, d), _CORNERS[corners[0]] - centre))
+            if not inside[corners[0]]:
+                side = -side
             assert abs(side) > 1e-9
             segments.append((ea, eb) if side < 0 else (eb, ea))
     return segments
@@ -162,13 +168,13 @@ def _triangulate(loop: list[int]) -> list[tuple[int, int, int]]:
     return tris
 
 
-@functools.lru_cache(maxsize=1)
-def _case_table() -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=2)
+def _case_table(join_inside: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(256, T_max, 3) int64 cell-edge triangles padded with -1, and (256,) triangle counts."""
     per_case = []
     for case in range(256):
         tris: list[tuple[int, int, int]] = []
-        for loop in _loops(_face_segments(case)):
+        for loop in _loops(_face_segments(case, join_inside)):
             tris.extend(_triangulate(loop))
         per_case.append(tris)
     t_max = max(len(t) for t in per_case)
@@ -184,10 +190,12 @@ def _case_table() -> tuple[np.ndarray, np.ndarray]:
 _DEVICE_TABLES: dict[str, tuple[torch.Tensor, ...]] = {}
 
 
-def _tables_on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    key = str(device)
+def _tables_on(
+    device: torch.device, join_inside: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    key = f"{device}/{join_inside}"
     if key not in _DEVICE_TABLES:
-        table, counts = _case_table()
+        table, counts = _case_table(join_inside)
         _DEVICE_TABLES[key] = (
             torch.from_numpy(table).to(device),
             torch.from_numpy(counts).to(device),
@@ -220,13 +228,13 @@ def _unique_inverse(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _torch_marching_cubes(
-    values: torch.Tensor, level: float, bmin: torch.Tensor, bmax: torch.Tensor
+    values: torch.Tensor, level: float, bmin: torch.Tensor, bmax: torch.Tensor, join_inside: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     device = values.device
     X, Y, Z = values.shape
     if min(X, Y, Z) < 2:
         return _empty(values)
-    table, counts, edge_start, edge_axis = _tables_on(device)
+    table, counts, edge_start, edge_axis = _tables_on(device, join_inside)
 
     # Case index per cell, built in uint8 so a 256^3 grid costs ~16 MB per temporary.
     with torch.no_grad():
@@ -381,6 +389,7 @@ def marching_cubes(
     bbox_min: Sequence[float] | torch.Tensor = (-1.0, -1.0, -1.0),
     bbox_max: Sequence[float] | torch.Tensor = (1.0, 1.0, 1.0),
     backend: str = "torch",
+    join_inside: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Extract the ``values == level`` iso-surface of a regular grid as a triangle mesh.
 
@@ -394,6 +403,9 @@ def marching_cubes(
 
     ``backend``: ``"torch"`` (default, tested, crack-free), ``"diso"`` (``diso.DiffMC``, CUDA only; raises if
     unavailable) or ``"auto"`` (diso when available on the tensor's device, torch otherwise).
+
+    ``join_inside``: on a cube face whose two inside corners are diagonally opposite, connect the inside across the
+    face (diso's choice) instead of separating the corners (the default). Either rule is crack-free.
     """
     if values.dim() != 3:
         raise ValueError(f"values must be (X, Y, Z), got shape {tuple(values.shape)}")
@@ -413,4 +425,4 @@ def marching_cubes(
             out = _diso_marching_cubes(values, level, bmin, bmax)
             if out is not None:
                 return out
-    return _torch_marching_cubes(values, level, bmin, bmax)
+    return _torch_marching_cubes(values, level, bmin, bmax, join_inside)

@@ -1,0 +1,51 @@
+"""The generator's 10-channel input: RGB on white, unit ray direction, moment d × o, alpha (official ``rgba``).
+
+Cameras are OpenCV camera→world matrices (V, 4, 4) and pixel intrinsics (V, 4) = [fx, fy, cx, cy] with the image's
+top-left corner at 0; rays go through pixel centres.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def pixel_rays(c2w: torch.Tensor, intrinsics: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Origins and unit directions (V, H, W, 3) through every pixel centre, row-major."""
+    dev, dt = c2w.device, c2w.dtype
+    u = torch.linspace(0.5, width - 0.5, width, device=dev, dtype=dt)
+    v = torch.linspace(0.5, height - 0.5, height, device=dev, dtype=dt)
+    vv, uu = torch.meshgrid(v, u, indexing="ij")
+    fx, fy, cx, cy = (intrinsics[:, k, None, None] for k in range(4))
+    local = torch.stack([(uu - cx) / fx, (vv - cy) / fy, torch.ones_like(uu).expand_as(uu - cx)], dim=-1)
+    dirs = torch.einsum("vij,vhwj->vhwi", c2w[:, :3, :3], local)
+    dirs = F.normalize(dirs, dim=-1)
+    origins = c2w[:, None, None, :3, 3].expand_as(dirs)
+    return origins, dirs
+
+
+def generator_input(
+    rgb: torch.Tensor, mask: torch.Tensor, c2w: torch.Tensor, intrinsics: torch.Tensor
+) -> torch.Tensor:
+    """(V, H, W, 3) RGB on white in [0, 1], (V, H, W) alpha, cameras → (1, V, 10, H, W)."""
+    V, H, W = rgb.shape[:3]
+    origins, dirs = pixel_rays(c2w, intrinsics, H, W)
+    moment = torch.cross(dirs, origins, dim=-1)  # d × o: the official order (the negative of o × d)
+    x = torch.cat([rgb, dirs, moment, mask[..., None]], dim=-1)
+    return x.permute(0, 3, 1, 2).unsqueeze(0).contiguous()
+
+
+def official_image(rgba: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """An RGBA uint8 image as the official loader prepares it: (size, size, 3) RGB on white and (size, size) alpha,
+    float32 in [0, 1]. The composite is truncated to 8 bits and resized with PIL's bicubic filter."""
+    I = rgba.astype(np.float32) / 255.0
+    a = I[..., 3:4]
+    white = I[..., :3] * a + (1.0 - a)
+    rgb8 = (white * 255.0).astype(np.uint8)
+    a8 = (a[..., 0] * 255.0).astype(np.uint8)
+    if rgb8.shape[:2] != (size, size):
+        rgb8 = np.asarray(Image.fromarray(rgb8).resize((size, size), Image.BICUBIC))
+        a8 = np.asarray(Image.fromarray(a8).resize((size, size), Image.BICUBIC))
+    return rgb8.astype(np.float32) / 255.0, a8.astype(np.float32) / 255.0
