@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 
-def pixel_rays(c2w: torch.Tensor, intrinsics: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_rays(
+    c2w: torch.Tensor, intrinsics: torch.Tensor, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Origins and unit directions (V, H, W, 3) through every pixel centre, row-major."""
     dev, dt = c2w.device, c2w.dtype
     u = torch.linspace(0.5, width - 0.5, width, device=dev, dtype=dt)
@@ -40,9 +42,9 @@ def generator_input(
 def official_image(rgba: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """An RGBA uint8 image as the official loader prepares it: (size, size, 3) RGB on white and (size, size) alpha,
     float32 in [0, 1]. The composite is truncated to 8 bits and resized with PIL's bicubic filter."""
-    I = rgba.astype(np.float32) / 255.0
-    a = I[..., 3:4]
-    white = I[..., :3] * a + (1.0 - a)
+    pixels = rgba.astype(np.float32) / 255.0
+    a = pixels[..., 3:4]
+    white = pixels[..., :3] * a + (1.0 - a)
     rgb8 = (white * 255.0).astype(np.uint8)
     a8 = (a[..., 0] * 255.0).astype(np.uint8)
     if rgb8.shape[:2] != (size, size):
