@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..cameras import Camera
+
 
 def pixel_rays(
     c2w: torch.Tensor, intrinsics: torch.Tensor, height: int, width: int
@@ -39,14 +41,26 @@ def generator_input(
     return x.permute(0, 3, 1, 2).unsqueeze(0).contiguous()
 
 
+def camera_tensors(cameras: list[Camera]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Camera→world (V, 4, 4) (float64 inverse, then float32, as the official loader) and [fx, fy, cx, cy] (V, 4)."""
+    c2w = torch.from_numpy(np.stack([c.camera_to_world for c in cameras])).float()
+    k = torch.tensor([[c.K[0, 0], c.K[1, 1], c.K[0, 2], c.K[1, 2]] for c in cameras], dtype=torch.float32)
+    return c2w, k
+
+
+def white_composite(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """RGB·a + (1 − a) in float32, truncated to 8 bits (the official loader's arithmetic), as uint8."""
+    rgb = np.asarray(rgb, dtype=np.float32)
+    a = np.asarray(alpha, dtype=np.float32)[..., None]
+    return ((rgb * a + (1.0 - a)) * 255.0).astype(np.uint8)
+
+
 def official_image(rgba: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """An RGBA uint8 image as the official loader prepares it: (size, size, 3) RGB on white and (size, size) alpha,
     float32 in [0, 1]. The composite is truncated to 8 bits and resized with PIL's bicubic filter."""
     pixels = rgba.astype(np.float32) / 255.0
-    a = pixels[..., 3:4]
-    white = pixels[..., :3] * a + (1.0 - a)
-    rgb8 = (white * 255.0).astype(np.uint8)
-    a8 = (a[..., 0] * 255.0).astype(np.uint8)
+    rgb8 = white_composite(pixels[..., :3], pixels[..., 3])
+    a8 = (pixels[..., 3] * 255.0).astype(np.uint8)
     if rgb8.shape[:2] != (size, size):
         rgb8 = np.asarray(Image.fromarray(rgb8).resize((size, size), Image.BICUBIC))
         a8 = np.asarray(Image.fromarray(a8).resize((size, size), Image.BICUBIC))
