@@ -1,4 +1,4 @@
-"""Command line: ``python -m backend reconstruct | demo | eval``.
+"""Command line: ``python -m backend reconstruct | demo | eval | convert-checkpoint``.
 
 Input errors print one line (no traceback) and exit with status 2; a cancel (Ctrl+C) exits with 130.
 """
@@ -15,6 +15,15 @@ from .errors import Cancelled, InputError
 EXIT_INPUT_ERROR = 2
 EXIT_CANCELLED = 130
 
+TRUST_CHECKPOINT_HELP = (
+    "allow full unpickling of a GTR checkpoint that holds more than tensors; this can run code stored in the file, "
+    "so use it only for a file from a source you trust (or convert it once to .safetensors)"
+)
+
+
+def _add_trust_checkpoint_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
+
 
 def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -28,6 +37,19 @@ def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--faces", type=int, default=None, help="decimate the mesh to at most this many faces")
     p.add_argument("--fit-steps", type=int, default=None, help="field-fit steps (default: the preset's)")
     p.add_argument("--fit-seconds", type=float, default=None, help="stop the field fit after this many seconds")
+    p.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes grid side (default: preset's)")
+    p.add_argument("--refine-iterations", type=int, default=None, help="texture refinement iterations (gtr: 50)")
+    p.add_argument(
+        "--method",
+        choices=["auto", "gtr", "fit"],
+        default=None,
+        help="gtr: the GTR network (needs --checkpoint); fit: per-scene fit, no weights; auto (default): gtr when a "
+        "checkpoint is given (or $GTR_CHECKPOINT is set), else fit",
+    )
+    p.add_argument("--checkpoint", default=None, help="GTR weights: the official .pth or a converted .safetensors")
+    _add_trust_checkpoint_flag(p)
+    p.add_argument("--polish-steps", type=int, default=None, help="gtr: volume-rendering fit steps before meshing")
+    p.add_argument("--up-axis", choices=["z", "y"], default=None, help="gtr: the scene's up axis (default z, Blender)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: CUDA when present)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -40,6 +62,13 @@ def _options(args: argparse.Namespace) -> dict:
         "faces": args.faces,
         "fit_steps": args.fit_steps,
         "fit_seconds": args.fit_seconds,
+        "method": args.method,
+        "checkpoint": str(Path(args.checkpoint).expanduser().resolve()) if args.checkpoint else None,
+        "trust_checkpoint": True if args.trust_checkpoint else None,
+        "polish_steps": args.polish_steps,
+        "up_axis": args.up_axis,
+        "mesh_resolution": args.mesh_resolution,
+        "refine_iterations": args.refine_iterations,
     }
     return {k: v for k, v in keys.items() if v is not None}
 
@@ -70,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--gt-mesh", default=None, help="ground-truth mesh (default: DATASET/gt.ply when present)")
     _add_pipeline_flags(ev)
     ev.set_defaults(run=cmd_eval)
+
+    conv = sub.add_parser("convert-checkpoint", help="check a GTR checkpoint and convert it (.pth ↔ .safetensors)")
+    conv.add_argument("input", help="the official checkpoint (full_checkpoint.pth / ckpt.pth) or a .safetensors")
+    conv.add_argument("output", help="OUTPUT.safetensors (this program's format), any other name: official .pth")
+    _add_trust_checkpoint_flag(conv)
+    conv.set_defaults(run=cmd_convert_checkpoint)
     return parser
 
 
@@ -113,6 +148,8 @@ def cmd_reconstruct(args) -> int:
     job = load_job(args.input, options_override=_options(args))
     result, config = _run_pipeline(job, args, formats)
     metrics = write_outputs(result, out_dir, config)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(
         f"wrote {out_dir} ({metrics['faces']} faces, train PSNR {metrics['train_psnr']:.2f} dB, "
         f"{metrics['seconds']:.1f} s)",
@@ -184,6 +221,23 @@ def cmd_eval(args) -> int:
     print(
         f"eval: mesh PSNR {report['psnr']:.2f} dB, SSIM {report['ssim']:.3f}, volume PSNR "
         f"{report.get('volume_psnr', float('nan')):.2f} dB" + (f", F-score {report['fscore']:.3f}" if gt else ""),
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_convert_checkpoint(args) -> int:
+    from .gtr.checkpoint import config_name, read_checkpoint, save_official, save_weights
+
+    source, target = Path(args.input), Path(args.output)
+    if target.exists() and source.exists() and target.resolve() == source.resolve():
+        raise InputError(f"output {target} is the input file.", fix="write the converted checkpoint elsewhere.")
+    weights = read_checkpoint(source, trust=args.trust_checkpoint)
+    safetensors = target.suffix.lower() == ".safetensors"
+    (save_weights if safetensors else save_official)(weights, target)
+    print(
+        f"wrote {target} ({'safetensors' if safetensors else 'official torch pickle'}): {weights.tensor_count} "
+        f"tensors, {weights.numel:,} parameters, config {config_name(weights.config)}",
         file=sys.stderr,
     )
     return 0

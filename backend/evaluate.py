@@ -50,6 +50,7 @@ def evaluate(
         "psnr_per_view": [round(float(p), 3) for p in psnrs],
     }
     vol = []
+    volume_views = volume_views if result.occupancy is not None else 0  # only the fit method has one
     for view in test_views[:volume_views]:
         canonical = result.normalisation.to_canonical(view)
         pred = render_image(result.field, result.occupancy, canonical.camera, render or RenderConfig()).cpu()

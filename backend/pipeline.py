@@ -1,10 +1,15 @@
 """The reconstruction pipeline: presets, the typed result, and the one function that runs every stage.
 
-load (``backend.inputs``) → normalise → triplane → fit → extract → refine texture → bake → export.
+Two methods share the stages' contracts:
+- ``fit`` (no weights): load (``backend.inputs``) → normalise → triplane → fit → extract → refine texture → bake;
+- ``gtr`` (a GTR checkpoint, :mod:`backend.gtr.run`): canonical frame → generator → marching cubes → official
+  texture refinement → bake.
+``auto`` takes ``gtr`` when a checkpoint is configured (option ``checkpoint`` or ``$GTR_CHECKPOINT``), else ``fit``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,6 +23,10 @@ from .export import ExportConfig, export_mesh, write_json_atomic
 from .extract import ExtractConfig, extract
 from .field import FieldConfig, TriplaneField
 from .fit import FitConfig, fit
+from .gtr.checkpoint import read_checkpoint
+from .gtr.config import RefineSettings
+from .gtr.rig import CanonicalFrame
+from .gtr.run import GTRSettings, reconstruct_gtr
 from .mesh import Mesh
 from .mesh_render import composite, render_mesh
 from .metrics import psnr
@@ -38,7 +47,12 @@ class PipelineConfig:
     refine: RefineConfig = field(default_factory=RefineConfig)
     bake: BakeConfig = field(default_factory=BakeConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    gtr: GTRSettings = field(default_factory=GTRSettings)
+    """Settings of the ``gtr`` method (its own mesh grid and refinement; shares ``bake`` and ``export``)."""
 
+
+METHODS = ("auto", "gtr", "fit")
+CHECKPOINT_ENV = "GTR_CHECKPOINT"
 
 PRESETS: dict[str, PipelineConfig] = {
     # Sized for a 2-core CPU: about two to three minutes for 16 views at 256².
@@ -53,6 +67,7 @@ PRESETS: dict[str, PipelineConfig] = {
         ),
         extract=ExtractConfig(resolution=192),
         refine=RefineConfig(iterations=400, max_seconds=15.0, points_per_step=16384),
+        gtr=GTRSettings(mesh_resolution=128, refine=RefineSettings(raster_size=512)),
     ),
     "standard": PipelineConfig(
         max_image_size=800,
@@ -94,6 +109,10 @@ def configure(
     faces: int | None = None,
     fit_steps: int | None = None,
     fit_seconds: float | None = None,
+    polish_steps: int | None = None,
+    up_axis: str | None = None,
+    mesh_resolution: int | None = None,
+    refine_iterations: int | None = None,
 ) -> PipelineConfig:
     """The preset with the user's choices applied (None keeps the preset's value)."""
     cfg = base
@@ -112,13 +131,33 @@ def configure(
     if texture_size is not None:
         cfg = replace(cfg, bake=replace(cfg.bake, texture_size=int(texture_size)))
     if faces is not None:
-        cfg = replace(cfg, extract=replace(cfg.extract, target_faces=int(faces)))
+        cfg = replace(cfg, extract=replace(cfg.extract, target_faces=int(faces)),
+                      gtr=replace(cfg.gtr, target_faces=int(faces)))
+    if mesh_resolution is not None:
+        if not 16 <= int(mesh_resolution) <= 1024:
+            raise InputError(f"mesh_resolution must be between 16 and 1024, got {mesh_resolution}.")
+        cfg = replace(cfg, extract=replace(cfg.extract, resolution=int(mesh_resolution)),
+                      gtr=replace(cfg.gtr, mesh_resolution=int(mesh_resolution)))
+    if refine_iterations is not None:
+        if int(refine_iterations) < 0:
+            raise InputError(f"refine_iterations must be 0 or more, got {refine_iterations}.")
+        n = int(refine_iterations)
+        cfg = replace(cfg, refine=replace(cfg.refine, iterations=n),
+                      gtr=replace(cfg.gtr, refine=replace(cfg.gtr.refine, iterations=n)))
+    if polish_steps is not None:
+        if int(polish_steps) < 0:
+            raise InputError(f"polish_steps must be 0 or more, got {polish_steps}.")
+        cfg = replace(cfg, gtr=replace(cfg.gtr, polish_steps=int(polish_steps)))
+    if up_axis is not None:
+        if up_axis not in ("y", "z"):
+            raise InputError(f"unknown up axis {up_axis!r}.", fix="use 'z' (Blender) or 'y'.")
+        cfg = replace(cfg, gtr=replace(cfg.gtr, rig=replace(cfg.gtr.rig, up_axis=up_axis)))
     return cfg
 
 
 def config_from_options(options: dict) -> PipelineConfig:
     """Pipeline configuration from job options / CLI flags: preset, texture, texture_size, faces, fit_steps,
-    fit_seconds."""
+    fit_seconds, polish_steps, up_axis, mesh_resolution, refine_iterations."""
     return configure(
         preset(options.get("preset", "draft")),
         texture=options.get("texture"),
@@ -126,7 +165,28 @@ def config_from_options(options: dict) -> PipelineConfig:
         faces=options.get("faces"),
         fit_steps=options.get("fit_steps"),
         fit_seconds=options.get("fit_seconds"),
+        polish_steps=options.get("polish_steps"),
+        up_axis=options.get("up_axis"),
+        mesh_resolution=options.get("mesh_resolution"),
+        refine_iterations=options.get("refine_iterations"),
     )
+
+
+def choose_method(options: dict) -> tuple[str, str | None]:
+    """(``"gtr"`` or ``"fit"``, checkpoint path or None) from the options ``method`` and ``checkpoint``."""
+    method = options.get("method") or "auto"
+    checkpoint = options.get("checkpoint") or os.environ.get(CHECKPOINT_ENV) or None
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r}.", fix=f"use one of {', '.join(METHODS)}.")
+    if method == "gtr" and not checkpoint:
+        raise InputError(
+            "the gtr method needs a checkpoint.",
+            fix=f"pass --checkpoint PATH (or set {CHECKPOINT_ENV}); the official GTR weights are downloaded by you "
+            "under their non-commercial licence. Without weights use --method fit.",
+        )
+    if method == "fit":
+        return "fit", None
+    return ("gtr", str(checkpoint)) if checkpoint else ("fit", None)
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -173,16 +233,36 @@ class Reconstruction:
     mesh: Mesh
     canonical_mesh: Mesh
     field: TriplaneField
-    occupancy: OccupancyGrid
-    normalisation: Normalisation
+    occupancy: OccupancyGrid | None
+    """Occupied space for volume rendering (``fit`` only)."""
+    normalisation: Normalisation | CanonicalFrame
     views: list[View]
-    """The input views as fitted: downscaled and in the canonical frame."""
+    """The input views as the method saw them: resized and in the canonical frame."""
     timings: dict[str, float]
-    metrics: dict[str, float]
+    metrics: dict
+    warnings: list[str] = field(default_factory=list)
+    """Things the user should know (e.g. cameras unlike the GTR training rig)."""
 
 
 def reconstruct(job: Job, config: PipelineConfig, device: torch.device, hooks: Hooks | None = None) -> Reconstruction:
     """Run every stage on a loaded job. Raises InputError for bad input and Cancelled when cancelled."""
+    method, checkpoint = choose_method(job.options)
+    if method == "gtr":
+        return _reconstruct_gtr(job, checkpoint, config, device, hooks)
+    return _reconstruct_fit(job, config, device, hooks)
+
+
+def _reconstruct_gtr(job: Job, checkpoint: str, config: PipelineConfig, device, hooks) -> Reconstruction:
+    weights = read_checkpoint(checkpoint, trust=bool(job.options.get("trust_checkpoint", False)))
+    out = reconstruct_gtr(job, weights, config.gtr, config.bake, device, hooks)
+    renders = [render_mesh(out.canonical_mesh, v.camera, supersample=3) for v in out.views]
+    out.metrics["train_psnr"] = round(float(np.mean([psnr(img, composite(v.rgb, v.mask))
+                                                      for img, v in zip(renders, out.views)])), 3)
+    return Reconstruction(out.mesh, out.canonical_mesh, out.field, None, out.frame, out.views, out.timings,
+                          out.metrics, out.warnings)
+
+
+def _reconstruct_fit(job: Job, config: PipelineConfig, device, hooks) -> Reconstruction:
     hooks = hooks or Hooks()
     timings: dict[str, float] = {}
     start = last = time.perf_counter()
@@ -215,6 +295,7 @@ def reconstruct(job: Job, config: PipelineConfig, device: torch.device, hooks: H
     timings["total"] = round(time.perf_counter() - start, 3)
     world = baked.transformed(norm.world_from_canonical)
     metrics = {
+        "method": "fit",
         "seconds": timings["total"],
         "faces": world.num_faces,
         "vertices": world.num_vertices,
@@ -231,7 +312,12 @@ def write_outputs(result: Reconstruction, out_dir: Path, config: PipelineConfig,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = export_mesh(result.mesh, out_dir, config.export)
-    metrics = dict(result.metrics, timings=result.timings, files={k: str(p.name) for k, p in files.items()})
+    metrics = dict(
+        result.metrics,
+        warnings=result.warnings,
+        timings=result.timings,
+        files={k: str(p.name) for k, p in files.items()},
+    )
     if extra:
         metrics.update(extra)
     write_json_atomic(out_dir / "metrics.json", metrics)

@@ -75,7 +75,7 @@ def test_empty_space_skipping_does_not_change_the_image():
     torch.manual_seed(0)
     field = TriplaneField(FieldConfig(resolution=16, channels=4))
     with torch.no_grad():
-        field.mlp_sigma[-1].bias.fill_(1.0)
+        field.mlp_sigma.layers[-1].bias.fill_(1.0)
     # Occupancy covering only the central ball; densify the field there via a prior, zero elsewhere.
     res = 32
     axis = (torch.arange(res) + 0.5) / res * 2 - 1

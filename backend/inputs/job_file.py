@@ -50,7 +50,11 @@ Per job:
   every view needs a mask (the pipeline takes the bounds from the masks' visual hull).
 - ``options`` (optional): copied into ``Job.options`` (the CLI may override them). Options read while
   loading: ``mask_source`` ("auto" | "alpha" | "file" | "color_key" | "none"), ``background``,
-  ``background_tolerance``, ``depth_scale``; see :mod:`backend.inputs.images`.
+  ``background_tolerance``, ``depth_scale``; see :mod:`backend.inputs.images`. Options read by the pipeline:
+  ``preset``, ``texture``, ``texture_size``, ``faces``, ``fit_steps``, ``fit_seconds``, ``method``
+  ("auto" | "gtr" | "fit"), ``checkpoint`` (path to GTR weights, relative to this file), ``trust_checkpoint``,
+  ``polish_steps``, ``up_axis`` ("z" | "y"), ``mesh_resolution``, ``refine_iterations``; see
+  :mod:`backend.pipeline`.
 """
 
 from __future__ import annotations
@@ -209,6 +213,8 @@ def load_job_file(path, options_override: dict | None = None) -> Job:
     options = data.get("options") or {}
     if not isinstance(options, dict):
         raise InputError("'options' must be an object", fix='write options as {"key": value, ...}.')
+    if isinstance(options.get("checkpoint"), str):  # a GTR checkpoint path is relative to the job file
+        options["checkpoint"] = str((path.parent / Path(options["checkpoint"]).expanduser()).resolve())
     options = {**options, **(options_override or {})}
     bounds = parse_bounds(data["bounds"]) if data.get("bounds") is not None else None
     entries = data.get("views")

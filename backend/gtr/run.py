@@ -1,0 +1,154 @@
+"""The ``gtr`` pipeline method: feed-forward triplanes → marching cubes → texture refinement → bake.
+
+Stages, as the official inference does them, around the user's cameras:
+1. move the views into the model's canonical frame (Y-up, object in [-1, 1]³) and make them square at the model's
+   input size; warn about cameras unlike the training rig;
+2. generator → triplanes; optionally a short fit (``polish_steps``) adapts them to the views;
+3. density on a grid, iso-level ``mesh_level``, marching cubes (official rule and vertex order);
+4. the official texture refinement (triplane + colour MLP, L1 against the inputs);
+5. vertex colours or a UV texture from the refined colour field; the mesh goes back to the user's world.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..bake import BakeConfig, bake
+from ..errors import InputError
+from ..extract import decimate
+from ..fit import FitConfig, fit
+from ..mesh import Mesh
+from ..progress import Hooks
+from ..views import Job, View
+from .checkpoint import Weights, build_model
+from .config import RefineSettings
+from .geometry import density_grid, extract_mesh
+from .rays import camera_tensors, generator_input, white_composite
+from .refine import refine, surface_points
+from .rig import CanonicalFrame, RigConfig, canonical_frame, require_masks, rig_warnings, square_view
+
+
+@dataclass(frozen=True)
+class GTRSettings:
+    """How the ``gtr`` method runs (presets size it for CPU or GPU)."""
+
+    mesh_resolution: int | None = None
+    """Marching-cubes grid side (None: the model's, 256 for the released one)."""
+    refine: RefineSettings = field(default_factory=RefineSettings)
+    polish_steps: int = 0
+    """Volume-rendering fit steps on the generated triplane before meshing (0: none, as the official release)."""
+    polish_seconds: float | None = None
+    rig: RigConfig = field(default_factory=RigConfig)
+    target_faces: int | None = None
+    """Decimate to at most this many faces (None: keep the marching-cubes mesh, as the official release)."""
+
+
+@dataclass
+class GTRResult:
+    mesh: Mesh
+    """Baked mesh in the user's world frame."""
+    canonical_mesh: Mesh
+    frame: CanonicalFrame
+    field: torch.nn.Module
+    views: list[View]
+    """The square views in the canonical frame that the model saw."""
+    warnings: list[str]
+    timings: dict[str, float]
+    metrics: dict
+
+
+def model_inputs(views: list[View]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Square canonical views (RGB already on white) → RGB (V, H, W, 3) truncated to 8 bits like the official
+    loader, alpha (V, H, W), generator input (1, V, 10, H, W)."""
+    rgb = np.stack([white_composite(v.rgb, np.ones_like(v.mask)) for v in views]).astype(np.float32) / 255.0
+    alpha = np.stack([np.asarray(v.mask, dtype=np.float32) for v in views])
+    c2w, intrinsics = camera_tensors([v.camera for v in views])
+    rgb_t, alpha_t = torch.from_numpy(rgb), torch.from_numpy(alpha)
+    return rgb_t, alpha_t, generator_input(rgb_t, alpha_t, c2w, intrinsics)
+
+
+def reconstruct_gtr(
+    job: Job,
+    weights: Weights,
+    settings: GTRSettings,
+    bake_config: BakeConfig,
+    device: torch.device,
+    hooks: Hooks | None = None,
+) -> GTRResult:
+    hooks = hooks or Hooks()
+    model = weights.config
+    timings: dict[str, float] = {}
+    start = last = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        timings[name] = round(now - last, 3)
+        last = now
+
+    require_masks(job.views)
+    hooks.report("normalise", 0, 1, "canonical frame")
+    frame = canonical_frame(job.views, job.bounds, settings.rig, device)
+    views = [square_view(frame.view_to_canonical(v), model.input_size) for v in job.views]
+    warnings = rig_warnings([v.camera for v in views], settings.rig)
+    lap("normalise")
+
+    hooks.report("generate", 0, 1, f"generator on {len(views)} views")
+    generator, gtr_field = build_model(weights, device)
+    targets, _, x = model_inputs(views)
+    with torch.no_grad():
+        triplanes = generator(x.to(device))[0]
+    del generator
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    tri_field = gtr_field.on(triplanes.clone())
+    lap("generate")
+
+    if settings.polish_steps > 0:
+        polish = FitConfig(steps=settings.polish_steps, max_seconds=settings.polish_seconds)
+        fit(views, polish, device, hooks, field=tri_field)
+        lap("polish")
+
+    resolution = settings.mesh_resolution or model.mesh_resolution
+    hooks.report("extract", 0, 1, f"marching cubes {resolution}³")
+    grid = density_grid(tri_field, resolution)
+    verts, faces = extract_mesh(grid, model.mesh_level)
+    del grid
+    if faces.shape[0] == 0:
+        raise InputError(
+            f"the model found no surface (density never reaches {model.mesh_level:g}).",
+            fix="check that the masks and cameras describe the object, or use --method fit.",
+        )
+    mesh = Mesh(verts, faces)
+    if settings.target_faces:
+        mesh = decimate(mesh, settings.target_faces)
+    lap("extract")
+
+    refine_settings = settings.refine
+    if refine_settings.iterations > 0:
+        tex_pts, covered = surface_points(mesh.vertices, mesh.faces, [v.camera for v in views],
+                                          refine_settings.raster_size)
+        trace = refine(tri_field, tex_pts, covered, targets.to(device), refine_settings, hooks)
+        refine_loss = trace.losses[-1]
+    else:
+        refine_loss = None
+    lap("refine")
+
+    baked = bake(mesh, tri_field.color, bake_config, hooks)
+    lap("bake")
+    timings["total"] = round(time.perf_counter() - start, 3)
+    world = baked.transformed(frame.world_from_canonical)
+    metrics = {
+        "method": "gtr",
+        "checkpoint": weights.source,
+        "seconds": timings["total"],
+        "faces": world.num_faces,
+        "vertices": world.num_vertices,
+        "refine_iterations": refine_settings.iterations,
+        "refine_l1": None if refine_loss is None else round(refine_loss, 5),
+    }
+    return GTRResult(world, baked, frame, tri_field, views, warnings, timings, metrics)
