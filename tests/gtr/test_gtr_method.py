@@ -152,3 +152,22 @@ def test_cli_gtr_method(scene_job, weights, tmp_path):
     )
     assert missing.returncode == 2
     assert "checkpoint" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_polish_adapts_the_generated_field(scene_job, weights):
+    settings = GTRSettings(refine=RefineSettings(iterations=0), polish_steps=5)
+    out = reconstruct_gtr(scene_job, weights, settings, BakeConfig(texture="vertex"), torch.device("cpu"))
+    plain = reconstruct_gtr(scene_job, weights, replace(settings, polish_steps=0), BakeConfig(texture="vertex"),
+                            torch.device("cpu"))
+    assert out.timings["polish"] > 0 and "polish" not in plain.timings
+    change = (out.field.planes - plain.field.planes).detach().abs().max()
+    assert 0 < float(change) < 1.0  # a few small steps moved the generated triplane
+
+
+@pytest.mark.gpu
+def test_gtr_method_on_cuda(scene_job, weights):
+    settings = GTRSettings(refine=RefineSettings(iterations=3, raster_size=SIZE))
+    out = reconstruct_gtr(scene_job, weights, settings, BakeConfig(texture="vertex"), torch.device("cuda"))
+    cpu = reconstruct_gtr(scene_job, weights, settings, BakeConfig(texture="vertex"), torch.device("cpu"))
+    assert out.mesh.num_faces > 100
+    assert abs(out.mesh.num_faces - cpu.mesh.num_faces) <= 0.01 * cpu.mesh.num_faces

@@ -175,3 +175,29 @@ def test_refinement_three_iterations(ref, field):
         _close(value, ref[f"refine.field_after.decoder.field.mlp_color.{key}"], ATOL)
     for key, value in tf.mlp_sigma.state_dict().items():
         assert torch.equal(value, sigma_before[key])
+
+
+@pytest.mark.gpu
+def test_parity_on_cuda(ref):
+    """The same fixtures on CUDA in strict float32 (TF32 off), at the suggested tolerances."""
+    cuda = torch.device("cuda")
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        gen = Generator(SMALL.generator).to(cuda)
+        gen.load_state_dict(_weights(ref, "pipeline.generator."), strict=True)
+        with torch.no_grad():
+            _close(gen(ref["input.cond_input"].to(cuda)).cpu(), ref["gen.triplanes"], GEN_ATOL)
+        field = GTRField(SMALL.decoder).to(cuda)
+        field.load_state_dict(_weights(ref, "pipeline.field."), strict=True)
+        tf = field.on(ref["gen.triplanes"][0].to(cuda))
+        grid = density_grid(tf, 32)
+        _close(grid.cpu(), ref["mesh.density_grid"], ATOL)
+        verts, _ = extract_mesh(grid, float(ref["mesh.level"][0]))
+        _close(verts.cpu(), ref["mesh.verts_raw"], ATOL)
+        tf = field.on(ref["refine.code_before"][0].clone().to(cuda))
+        refine(tf, ref["refine.tex_pts"].to(cuda), ref["refine.mask"].to(cuda), ref["refine.target_imgs"].to(cuda),
+               RefineSettings(iterations=3))
+        _close(tf.planes.detach().cpu(), ref["refine.code_after"][0], ATOL)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
