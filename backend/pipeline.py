@@ -253,6 +253,8 @@ def reconstruct(job: Job, config: PipelineConfig, device: torch.device, hooks: H
 
 
 def _reconstruct_gtr(job: Job, checkpoint: str, config: PipelineConfig, device, hooks) -> Reconstruction:
+    hooks = hooks or Hooks()
+    hooks.report("checkpoint", 0, 1, "reading the GTR weights")
     weights = read_checkpoint(checkpoint, trust=bool(job.options.get("trust_checkpoint", False)))
     out = reconstruct_gtr(job, weights, config.gtr, config.bake, device, hooks)
     renders = [render_mesh(out.canonical_mesh, v.camera, supersample=3) for v in out.views]
