@@ -201,3 +201,25 @@ def test_parity_on_cuda(ref):
         _close(tf.planes.detach().cpu(), ref["refine.code_after"][0], ATOL)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def test_gtr_method_input_preparation_matches_official(ref):
+    """Square, centred views pass through the gtr method's preparation (square_view + model_inputs) unchanged:
+    the generator input is the official one."""
+    from backend.cameras import Camera
+    from backend.gtr.rig import square_view
+    from backend.gtr.run import model_inputs
+    from backend.views import View
+
+    rgba = ref["input.rgba_uint8"].numpy()
+    w2c = ref["input.cam_file_w2c"].numpy().astype(np.float64)
+    fx, fy, cx, cy = ref["input.cond_intrinsics"][0, 0].tolist()
+    K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+    views = [
+        View(f"v{i}", Camera(w2c[i], K, 64, 64), rgba[i, ..., :3] / np.float32(255), rgba[i, ..., 3] / np.float32(255))
+        for i in range(rgba.shape[0])
+    ]
+    rgb, alpha, x = model_inputs([square_view(v, 64) for v in views])
+    _close(rgb, ref["input.cond_imgs"][0], 0)
+    _close(alpha, ref["input.cond_masks"][0, ..., 0], 0)
+    _close(x, ref["input.cond_input"], ATOL)
