@@ -10,7 +10,6 @@ Two methods share the stages' contracts:
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from .mesh import Mesh
 from .mesh_render import composite, render_mesh
 from .metrics import psnr
 from .normalise import Normalisation, NormaliseConfig, normalise
-from .progress import Hooks
+from .progress import Hooks, StageTimer
 from .refine import RefineConfig, refine_texture
 from .views import Job, View
 from .volume import OccupancyGrid
@@ -244,6 +243,12 @@ class Reconstruction:
     """Things the user should know (e.g. cameras unlike the GTR training rig)."""
 
 
+def training_psnr(mesh: Mesh, views: list[View]) -> float:
+    """Mean PSNR of the mesh rendered into the views (3×3 supersampled) against them, composited on white."""
+    renders = [render_mesh(mesh, v.camera, supersample=3) for v in views]
+    return float(np.mean([psnr(img, composite(v.rgb, v.mask)) for img, v in zip(renders, views)]))
+
+
 def reconstruct(job: Job, config: PipelineConfig, device: torch.device, hooks: Hooks | None = None) -> Reconstruction:
     """Run every stage on a loaded job. Raises InputError for bad input and Cancelled when cancelled."""
     method, checkpoint = choose_method(job.options)
@@ -257,24 +262,15 @@ def _reconstruct_gtr(job: Job, checkpoint: str, config: PipelineConfig, device, 
     hooks.report("checkpoint", 0, 1, "reading the GTR weights")
     weights = read_checkpoint(checkpoint, trust=bool(job.options.get("trust_checkpoint", False)))
     out = reconstruct_gtr(job, weights, config.gtr, config.bake, device, hooks)
-    renders = [render_mesh(out.canonical_mesh, v.camera, supersample=3) for v in out.views]
-    out.metrics["train_psnr"] = round(float(np.mean([psnr(img, composite(v.rgb, v.mask))
-                                                      for img, v in zip(renders, out.views)])), 3)
+    out.metrics["train_psnr"] = round(training_psnr(out.canonical_mesh, out.views), 3)
     return Reconstruction(out.mesh, out.canonical_mesh, out.field, None, out.frame, out.views, out.timings,
                           out.metrics, out.warnings)
 
 
 def _reconstruct_fit(job: Job, config: PipelineConfig, device, hooks) -> Reconstruction:
     hooks = hooks or Hooks()
-    timings: dict[str, float] = {}
-    start = last = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        timings[name] = round(now - last, 3)
-        last = now
-
+    timer = StageTimer()
+    lap = timer.lap
     views = [downscale(v, config.max_image_size) for v in job.views]
     canonical, norm, _ = normalise(views, job.bounds, config.normalise, device, hooks)
     lap("normalise")
@@ -291,10 +287,9 @@ def _reconstruct_fit(job: Job, config: PipelineConfig, device, hooks) -> Reconst
     lap("refine")
     baked = bake(mesh, fitted.field.color, config.bake, hooks)
     lap("bake")
-    renders = [render_mesh(baked, v.camera, supersample=3) for v in canonical]
-    train_psnr = float(np.mean([psnr(img, composite(v.rgb, v.mask)) for img, v in zip(renders, canonical)]))
+    train_psnr = training_psnr(baked, canonical)
     lap("metrics")
-    timings["total"] = round(time.perf_counter() - start, 3)
+    timings = timer.finish()
     world = baked.transformed(norm.world_from_canonical)
     metrics = {
         "method": "fit",

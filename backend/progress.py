@@ -18,6 +18,24 @@ ProgressFn = Callable[[str, int, int, str], None]
 """(stage, step, total, message) → None."""
 
 
+class StageTimer:
+    """Wall seconds per stage: :meth:`lap` records the time since the previous lap under a stage name,
+    :meth:`finish` adds ``total`` (since construction). ``timings`` maps names to seconds rounded to ms."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._start = self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = round(now - self._last, 3)
+        self._last = now
+
+    def finish(self) -> dict[str, float]:
+        self.timings["total"] = round(time.perf_counter() - self._start, 3)
+        return self.timings
+
+
 def _no_progress(stage: str, step: int, total: int, message: str) -> None:
     return None
 

@@ -83,6 +83,16 @@ def run_measured(command: list[str], log_path: Path, timeout: float | None = Non
     }
 
 
+def run_eval(cli_args: list[str], run_dir: Path, log_path: Path, smoke: bool, timeout: float | None) -> dict:
+    """One ``python -m backend eval`` subprocess, measured; its ``report.json`` under ``report`` (None on failure,
+    which is also printed)."""
+    record = run_measured(backend_command(cli_args, smoke), log_path, timeout)
+    report = read_json(run_dir / "report.json") if record["exit_code"] == 0 else None
+    if report is None:
+        print(f"  failed (exit {record['exit_code']}): {record['last_line']}", file=sys.stderr)
+    return dict(record, report=report)
+
+
 def read_json(path: Path) -> dict | None:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -22,7 +22,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -31,7 +30,7 @@ from backend.gtr.config import FULL, SMALL, RefineSettings  # noqa: E402
 from backend.gtr.decoder import GTRField  # noqa: E402
 from backend.gtr.generator import Generator  # noqa: E402
 from backend.gtr.geometry import density_grid, extract_mesh  # noqa: E402
-from backend.gtr.rays import camera_tensors, generator_input  # noqa: E402
+from backend.gtr.rays import camera_tensors, generator_input, pixel_rays  # noqa: E402
 from backend.gtr.refine import refine, surface_points  # noqa: E402
 from backend.gtr.rig import official_rig_cameras  # noqa: E402
 
@@ -39,23 +38,13 @@ from backend.gtr.rig import official_rig_cameras  # noqa: E402
 def sphere_views(size: int, views: int, radius: float = 0.7):
     """RGB on white (V, H, W, 3), alpha (V, H, W) and cameras of a colour-gradient sphere seen by the rig."""
     cams = (official_rig_cameras(size) * ((views + 5) // 6))[:views]
-    rgbs, alphas = [], []
-    for cam in cams:
-        c2w = cam.camera_to_world
-        j, i = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
-        d = np.stack([(i - cam.K[0, 2]) / cam.K[0, 0], (j - cam.K[1, 2]) / cam.K[1, 1], np.ones_like(i)], -1)
-        d = d @ c2w[:3, :3].T
-        d /= np.linalg.norm(d, axis=-1, keepdims=True)
-        o = c2w[:3, 3]
-        b = d @ o
-        disc = b**2 - (o @ o - radius**2)
-        hit = disc > 0
-        t = -b - np.sqrt(np.maximum(disc, 0))
-        p = o + d * t[..., None]
-        colour = np.clip(0.5 + 0.5 * p / radius, 0, 1)
-        rgbs.append(np.where(hit[..., None], colour, 1.0).astype(np.float32))
-        alphas.append(hit.astype(np.float32))
-    return torch.from_numpy(np.stack(rgbs)), torch.from_numpy(np.stack(alphas)), cams
+    origins, dirs = pixel_rays(*camera_tensors(cams), size, size)
+    b = (dirs * origins).sum(-1)
+    disc = b**2 - ((origins * origins).sum(-1) - radius**2)
+    hit = disc > 0
+    t = -b - disc.clamp_min(0).sqrt()
+    colour = (0.5 + 0.5 * (origins + dirs * t[..., None]) / radius).clamp(0, 1)
+    return torch.where(hit[..., None], colour, torch.ones_like(colour)), hit.float(), cams
 
 
 def peak_memory_mb(device: torch.device) -> float:

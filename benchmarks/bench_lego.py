@@ -85,12 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.fit_seconds is not None:
             cli_args += ["--fit-seconds", str(args.fit_seconds)]
         print(f"[{n + 1}/{len(protocols)}] lego {name}", file=sys.stderr, flush=True)
-        command = common.backend_command(cli_args, args.smoke)
-        record = common.run_measured(command, out_dir / f"{name}.log", args.timeout)
-        report = common.read_json(run_dir / "report.json") if record["exit_code"] == 0 else None
-        if report is None:
-            print(f"  failed (exit {record['exit_code']}): {record['last_line']}", file=sys.stderr)
-        results.append(dict(record, protocol=name, report=report))
+        record = common.run_eval(cli_args, run_dir, out_dir / f"{name}.log", args.smoke, args.timeout)
+        results.append(dict(record, protocol=name))
 
     headers = [
         "protocol",

@@ -84,12 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         if volume_views is not None:
             cli_args += ["--volume-views", str(volume_views)]
         print(f"[{n + 1}/{len(datasets)}] eval {folder.name}", file=sys.stderr, flush=True)
-        command = common.backend_command(cli_args, args.smoke)
-        record = common.run_measured(command, out_dir / f"{folder.name}.log", args.timeout)
-        report = common.read_json(run_dir / "report.json") if record["exit_code"] == 0 else None
-        if report is None:
-            print(f"  failed (exit {record['exit_code']}): {record['last_line']}", file=sys.stderr)
-        results.append(dict(record, name=folder.name, report=report))
+        record = common.run_eval(cli_args, run_dir, out_dir / f"{folder.name}.log", args.smoke, args.timeout)
+        results.append(dict(record, name=folder.name))
 
     headers = ["dataset", "wall s", "peak MB", "mesh PSNR", "SSIM", "volume PSNR", "F-score", "Chamfer L1"]
     rows = []

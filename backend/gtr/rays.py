@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from ..cameras import Camera
 
@@ -48,20 +47,12 @@ def camera_tensors(cameras: list[Camera]) -> tuple[torch.Tensor, torch.Tensor]:
     return c2w, k
 
 
-def white_composite(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """RGB·a + (1 − a) in float32, truncated to 8 bits (the official loader's arithmetic), as uint8."""
-    rgb = np.asarray(rgb, dtype=np.float32)
-    a = np.asarray(alpha, dtype=np.float32)[..., None]
-    return ((rgb * a + (1.0 - a)) * 255.0).astype(np.uint8)
+def composite_on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """RGB · a + (1 − a) in float32 (the generator's image convention): (H, W, 3), (H, W) → (H, W, 3)."""
+    a = np.clip(np.asarray(alpha, dtype=np.float32), 0.0, 1.0)[..., None]
+    return (np.asarray(rgb, dtype=np.float32) * a + (1.0 - a)).astype(np.float32)
 
 
-def official_image(rgba: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """An RGBA uint8 image as the official loader prepares it: (size, size, 3) RGB on white and (size, size) alpha,
-    float32 in [0, 1]. The composite is truncated to 8 bits and resized with PIL's bicubic filter."""
-    pixels = rgba.astype(np.float32) / 255.0
-    rgb8 = white_composite(pixels[..., :3], pixels[..., 3])
-    a8 = (pixels[..., 3] * 255.0).astype(np.uint8)
-    if rgb8.shape[:2] != (size, size):
-        rgb8 = np.asarray(Image.fromarray(rgb8).resize((size, size), Image.BICUBIC))
-        a8 = np.asarray(Image.fromarray(a8).resize((size, size), Image.BICUBIC))
-    return rgb8.astype(np.float32) / 255.0, a8.astype(np.float32) / 255.0
+def truncate_8bit(image: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] → uint8 by truncation (×255, floor), as the official loader stores the composite."""
+    return (np.asarray(image, dtype=np.float32) * 255.0).astype(np.uint8)

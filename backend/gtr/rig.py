@@ -30,6 +30,7 @@ from ..errors import InputError
 from ..normalise import NormaliseConfig, bounds_from_masks
 from ..progress import Hooks
 from ..views import Bounds, View
+from .rays import composite_on_white
 
 OFFICIAL_AZIMUTHS_DEGREES = (30.0, 90.0, 150.0, 210.0, 270.0, 330.0)
 OFFICIAL_ELEVATIONS_DEGREES = (20.0, -10.0, 20.0, -10.0, 20.0, -10.0)
@@ -231,12 +232,6 @@ def _resize(image: np.ndarray, size: int, mode: str) -> np.ndarray:
         t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     t = t[0, 0] if image.ndim == 2 else t[0].permute(1, 2, 0)
     return t.contiguous().numpy()
-
-
-def composite_on_white(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """RGB · a + (1 − a): the generator's image convention. (H, W, 3) and (H, W) float → (H, W, 3) float32."""
-    a = np.clip(np.asarray(mask, dtype=np.float32), 0.0, 1.0)[..., None]
-    return (np.asarray(rgb, dtype=np.float32) * a + (1.0 - a)).astype(np.float32)
 
 
 def square_view(view: View, size: int) -> View:

@@ -11,7 +11,6 @@ Stages, as the official inference does them, around the user's cameras:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,12 +21,12 @@ from ..errors import InputError
 from ..extract import decimate
 from ..fit import FitConfig, fit
 from ..mesh import Mesh
-from ..progress import Hooks
+from ..progress import Hooks, StageTimer
 from ..views import Job, View
 from .checkpoint import Weights, build_model
 from .config import RefineSettings
 from .geometry import density_grid, extract_mesh
-from .rays import camera_tensors, generator_input, white_composite
+from .rays import camera_tensors, generator_input, truncate_8bit
 from .refine import refine, surface_points
 from .rig import CanonicalFrame, RigConfig, canonical_frame, require_masks, rig_warnings, square_view
 
@@ -64,7 +63,7 @@ class GTRResult:
 def model_inputs(views: list[View]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Square canonical views (RGB already on white) → RGB (V, H, W, 3) truncated to 8 bits like the official
     loader, alpha (V, H, W), generator input (1, V, 10, H, W)."""
-    rgb = np.stack([white_composite(v.rgb, np.ones_like(v.mask)) for v in views]).astype(np.float32) / 255.0
+    rgb = np.stack([truncate_8bit(v.rgb) for v in views]).astype(np.float32) / 255.0
     alpha = np.stack([np.asarray(v.mask, dtype=np.float32) for v in views])
     c2w, intrinsics = camera_tensors([v.camera for v in views])
     rgb_t, alpha_t = torch.from_numpy(rgb), torch.from_numpy(alpha)
@@ -81,15 +80,8 @@ def reconstruct_gtr(
 ) -> GTRResult:
     hooks = hooks or Hooks()
     model = weights.config
-    timings: dict[str, float] = {}
-    start = last = time.perf_counter()
-
-    def lap(name: str) -> None:
-        nonlocal last
-        now = time.perf_counter()
-        timings[name] = round(now - last, 3)
-        last = now
-
+    timer = StageTimer()
+    lap = timer.lap
     require_masks(job.views)
     hooks.report("normalise", 0, 1, "canonical frame")
     frame = canonical_frame(job.views, job.bounds, settings.rig, device)
@@ -140,7 +132,7 @@ def reconstruct_gtr(
 
     baked = bake(mesh, tri_field.color, bake_config, hooks)
     lap("bake")
-    timings["total"] = round(time.perf_counter() - start, 3)
+    timings = timer.finish()
     world = baked.transformed(frame.world_from_canonical)
     metrics = {
         "method": "gtr",

@@ -15,7 +15,7 @@ from backend.gtr.config import SMALL, RefineSettings
 from backend.gtr.decoder import GTRField
 from backend.gtr.generator import Generator
 from backend.gtr.geometry import density_grid, extract_mesh, grid_points, vertex_colors_uint8
-from backend.gtr.rays import camera_tensors, generator_input, official_image, pixel_rays, white_composite
+from backend.gtr.rays import camera_tensors, composite_on_white, generator_input, pixel_rays, truncate_8bit
 from backend.gtr.refine import refine
 from backend.gtr.render import near_far, render_rays
 from backend.inputs import load_job
@@ -58,7 +58,7 @@ def test_generator_input_from_png_and_cam_files(ref, tmp_path):
         rows = "\n".join(" ".join(f"{x:.6f}" for x in row) for row in w2c[i])
         (tmp_path / f"cam_{i:03d}.txt").write_text(f"extrinsic\n{rows}\n\nintrinsic\n{fx!r} {fy!r} {cx} {cy} 64 64\n")
     job = load_job(tmp_path)
-    rgb = np.stack([white_composite(v.rgb, v.mask) for v in job.views]).astype(np.float32) / 255
+    rgb = np.stack([truncate_8bit(composite_on_white(v.rgb, v.mask)) for v in job.views]).astype(np.float32) / 255
     mask = np.stack([v.mask for v in job.views])
     c2w, intrinsics = camera_tensors([v.camera for v in job.views])
     _close(rgb, ref["input.cond_imgs"][0], 0)
@@ -67,6 +67,18 @@ def test_generator_input_from_png_and_cam_files(ref, tmp_path):
     _close(intrinsics, ref["input.cond_intrinsics"][0], 0)
     x = generator_input(torch.from_numpy(rgb), torch.from_numpy(mask), c2w, intrinsics)
     _close(x, ref["input.cond_input"], ATOL)
+
+
+def official_image(rgba: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """An RGBA uint8 image as the official loader prepares it: the white composite truncated to 8 bits, resized
+    with PIL's bicubic filter; alpha bytes resized the same way. Float32 in [0, 1]."""
+    pixels = rgba.astype(np.float32) / 255.0
+    rgb8 = truncate_8bit(composite_on_white(pixels[..., :3], pixels[..., 3]))
+    a8 = truncate_8bit(pixels[..., 3])
+    if rgb8.shape[:2] != (size, size):
+        rgb8 = np.asarray(Image.fromarray(rgb8).resize((size, size), Image.BICUBIC))
+        a8 = np.asarray(Image.fromarray(a8).resize((size, size), Image.BICUBIC))
+    return rgb8.astype(np.float32) / 255.0, a8.astype(np.float32) / 255.0
 
 
 def test_official_image_matches_loader(ref):
