@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .colour import srgb_to_linear
 from .mesh import Mesh
 
 FORMATS = ("npz", "glb", "obj", "ply")
@@ -130,16 +131,6 @@ def png_bytes(image: Any) -> bytes:
 def save_png(path: Path, image: Any) -> None:
     """Save a float32 (H, W, 3|4) image in [0, 1] as an 8-bit PNG, atomically."""
     write_bytes_atomic(Path(path), png_bytes(image))
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Colour
-
-
-def srgb_to_linear(c: np.ndarray) -> np.ndarray:
-    """The exact sRGB electro-optical transfer function (IEC 61966-2-1), for values in [0, 1]."""
-    c = np.clip(np.asarray(c, dtype=np.float64), 0.0, 1.0)
-    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
 
 
 # --------------------------------------------------------------------------------------------------------------

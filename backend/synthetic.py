@@ -25,7 +25,10 @@ import torch
 from PIL import Image
 
 from .cameras import Camera, orbit_cameras, ray_bundle, w2c_to_opengl_c2w
+from .colour import linear_to_srgb, srgb_to_linear
+from .export import ExportConfig, export_mesh
 from .marching_cubes import marching_cubes
+from .mesh import Mesh
 from .views import View
 
 BOX = 1.0
@@ -107,15 +110,6 @@ def scene_normals(points: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------- colour
 
 
-def _srgb_to_linear(c: torch.Tensor) -> torch.Tensor:
-    return torch.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-
-
-def _linear_to_srgb(c: torch.Tensor) -> torch.Tensor:
-    c = c.clamp(0.0, 1.0)
-    return torch.where(c <= 0.0031308, c * 12.92, 1.055 * c.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
-
-
 def _smoothstep(e0: float, e1: float, x: torch.Tensor) -> torch.Tensor:
     t = ((x - e0) / (e1 - e0)).clamp(0.0, 1.0)
     return t * t * (3 - 2 * t)
@@ -124,7 +118,7 @@ def _smoothstep(e0: float, e1: float, x: torch.Tensor) -> torch.Tensor:
 def albedo(points: torch.Tensor) -> torch.Tensor:
     """Linear-RGB albedo (..., 3) at world ``points``: wavy bands + soft checker + gradient."""
     x, y, z = points.unbind(-1)
-    palette = _srgb_to_linear(torch.tensor(_PALETTE_SRGB, dtype=points.dtype, device=points.device))
+    palette = srgb_to_linear(torch.tensor(_PALETTE_SRGB, dtype=points.dtype, device=points.device))
     # low frequency: wavy horizontal bands, 4 colours, soft edges
     phase = 3.2 * (z + 0.9) + 0.35 * torch.sin(3.0 * x + 2.0 * y)
     band = torch.floor(phase)
@@ -149,7 +143,7 @@ def shade(points: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
     fill = torch.tensor(_LIGHT_FILL, dtype=points.dtype, device=points.device)
     key, fill = key / key.norm(), fill / fill.norm()
     light = _AMBIENT + _KEY * (normals @ key).clamp_min(0) + _FILL * (normals @ fill).clamp_min(0)
-    return _linear_to_srgb(albedo(points) * light[..., None])
+    return linear_to_srgb(albedo(points) * light[..., None])
 
 
 # ---------------------------------------------------------------------------------------------------- tracing
@@ -240,7 +234,7 @@ def render_view(camera: Camera, background=(1.0, 1.0, 1.0), supersample: int = 2
             t_all[idx] = t[h]
             p = o[idx] + t[h][:, None] * d[idx]
             colour = shade(p, scene_normals(p))
-            colour_lin[idx] = _srgb_to_linear(colour)
+            colour_lin[idx] = srgb_to_linear(colour)
     forward = torch.from_numpy(camera.forward).float()
     z = (t_all * (d @ forward)).reshape(H, s, W, s).permute(0, 2, 1, 3).reshape(H, W, s * s)
     hit_b = hit.reshape(H, s, W, s).permute(0, 2, 1, 3).reshape(H, W, s * s)
@@ -248,7 +242,7 @@ def render_view(camera: Camera, background=(1.0, 1.0, 1.0), supersample: int = 2
     alpha = hit_b.float().mean(-1)
     premult = col_b.mean(-2)
     bg = torch.tensor(background, dtype=torch.float32)
-    rgb = torch.where(alpha[..., None] > 0, _linear_to_srgb(premult / alpha.clamp_min(1e-6)[..., None]), bg)
+    rgb = torch.where(alpha[..., None] > 0, linear_to_srgb(premult / alpha.clamp_min(1e-6)[..., None]), bg)
     full = hit_b.all(-1)
     spread = z.amax(-1) - z.amin(-1)
     depth = torch.where(full & (spread < 0.01 * z.mean(-1).clamp_min(1e-6)), z.mean(-1), torch.zeros(()))
@@ -318,23 +312,6 @@ def make_scene(config: SceneConfig = SceneConfig()) -> SyntheticScene:
 # --------------------------------------------------------------------------------------------------------- io
 
 
-def _write_ply(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:
-    v = np.ascontiguousarray(vertices, dtype="<f4")
-    f = np.asarray(faces, dtype=np.int64)
-    header = (
-        "ply\nformat binary_little_endian 1.0\n"
-        f"element vertex {len(v)}\nproperty float x\nproperty float y\nproperty float z\n"
-        f"element face {len(f)}\nproperty list uchar int vertex_indices\nend_header\n"
-    )
-    rows = np.zeros(len(f), dtype=[("n", "u1"), ("i", "<i4", (3,))])
-    rows["n"] = 3
-    rows["i"] = f
-    with open(path, "wb") as fh:
-        fh.write(header.encode("ascii"))
-        fh.write(v.tobytes())
-        fh.write(rows.tobytes())
-
-
 def _write_split(folder: Path, split: str, views: list[View]) -> None:
     (folder / split).mkdir(parents=True, exist_ok=True)
     frames = []
@@ -367,5 +344,7 @@ def write_scene_as_transforms(scene: SyntheticScene, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     _write_split(folder, "train", scene.train)
     _write_split(folder, "test", scene.test)
-    _write_ply(folder / "gt.ply", scene.gt_vertices, scene.gt_faces)
+    faces = torch.as_tensor(np.asarray(scene.gt_faces, dtype=np.int64))
+    gt = Mesh(torch.as_tensor(scene.gt_vertices, dtype=torch.float32), faces)
+    export_mesh(gt, folder, ExportConfig(formats=("ply",), stem="gt"))
     return folder

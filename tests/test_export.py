@@ -12,7 +12,8 @@ import torch
 import trimesh
 from PIL import Image
 
-from backend.export import ExportConfig, export_mesh, save_png, srgb_to_linear, write_atomic, write_json_atomic
+from backend.colour import linear_to_srgb, srgb_to_linear
+from backend.export import ExportConfig, export_mesh, save_png, write_atomic, write_json_atomic
 from backend.mesh import Mesh
 
 ALL = ("npz", "glb", "obj", "ply")
@@ -123,6 +124,14 @@ def test_srgb_to_linear_known_values():
     np.testing.assert_allclose(
         srgb_to_linear(np.array([0.0, 0.5, 1.0, 0.04045])), [0.0, 0.21404114, 1.0, 0.04045 / 12.92], rtol=1e-6
     )
+
+
+def test_srgb_functions_agree_for_numpy_and_torch():
+    values = np.linspace(-0.1, 1.1, 97)
+    as_tensor = torch.tensor(values, dtype=torch.float64)
+    np.testing.assert_allclose(srgb_to_linear(as_tensor).numpy(), srgb_to_linear(values), atol=1e-12)
+    np.testing.assert_allclose(linear_to_srgb(as_tensor).numpy(), linear_to_srgb(values), atol=1e-12)
+    np.testing.assert_allclose(linear_to_srgb(srgb_to_linear(values)), np.clip(values, 0, 1), atol=1e-9)
 
 
 def test_glb_coloured_cube(tmp_path):

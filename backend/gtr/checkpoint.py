@@ -19,7 +19,6 @@ import json
 import os
 import pickle
 import re
-import uuid
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
+from ..export import write_atomic
 from .config import FULL, SMALL, DecoderConfig, GeneratorConfig, ModelConfig
 from .decoder import GTRField
 from .generator import Generator
@@ -418,14 +418,8 @@ def _compact(t: Tensor) -> Tensor:
 
 
 def _write_atomic(path: Path, write) -> Path:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place."""
+    """:func:`backend.export.write_atomic` into an existing folder (a missing one is the user's mistake)."""
     if not path.parent.is_dir():
         raise InputError(f"output folder {path.parent} does not exist.", fix="create it or choose another path.")
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    write_atomic(path, write)
     return path
