@@ -25,17 +25,16 @@ ColorFn = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class BakeConfig:
-    """How to bake.
-
-    ``texture``: ``"vertex"`` (per-vertex colours) or ``"uv"`` (xatlas unwrap + ``texture_size``² texture).
-    ``dilation``: how many texels the colours are grown past chart borders (fills seams for bilinear/mip sampling).
-    ``chunk``: points per ``color_fn`` call.
-    """
+    """How to bake."""
 
     texture: str = "vertex"
+    """``"vertex"`` (per-vertex colours) or ``"uv"`` (xatlas unwrap + a ``texture_size``² texture)."""
     texture_size: int = 1024
+    """Side of the square UV texture in texels (``"uv"`` only)."""
     dilation: int = 8
+    """How many texels the colours are grown past chart borders (fills seams for bilinear/mip sampling)."""
     chunk: int = 65536
+    """Points per ``color_fn`` call (memory vs. speed; each chunk is one progress report)."""
 
 
 def bake(mesh: Mesh, color_fn: ColorFn, config: BakeConfig, hooks: Hooks | None = None) -> Mesh:
@@ -138,6 +137,8 @@ def bake_texture(
     M = mesh.num_faces
     pts = uv_to_pixels(uvs.to(device=device, dtype=torch.float32), T).reshape(-1, 2)
     tris = torch.arange(3 * M, device=device, dtype=torch.int64).reshape(M, 3)
+    if hooks is not None:
+        hooks.report("bake", 0, 1, "rasterising the atlas")
     frags = raster.rasterize_2d(pts, tris, T, T)
     corners = mesh.vertices.detach().to(torch.float32)[mesh.faces]  # (M, 3, 3) world positions per corner
     positions = raster.interpolate(corners, tris, frags)  # (T, T, 3)

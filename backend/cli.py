@@ -11,66 +11,29 @@ import time
 from pathlib import Path
 
 from .errors import Cancelled, InputError
+from .options import OPTIONS, add_flags, from_args
 
 EXIT_INPUT_ERROR = 2
 EXIT_CANCELLED = 130
 
-TRUST_CHECKPOINT_HELP = (
-    "allow full unpickling of a GTR checkpoint that holds more than tensors; this can run code stored in the file, "
-    "so use it only for a file from a source you trust (or convert it once to .safetensors)"
-)
-
-
-def _add_trust_checkpoint_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--trust-checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
-
 
 def _add_pipeline_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--preset",
-        choices=["draft", "standard", "high"],
-        default=None,
-        help="quality/speed preset (default: the job's option, else draft)",
-    )
-    p.add_argument("--texture", choices=["vertex", "uv"], default=None, help="vertex colours or a UV texture")
-    p.add_argument("--texture-size", type=int, default=None, help="texture side in pixels for --texture uv")
-    p.add_argument("--faces", type=int, default=None, help="decimate the mesh to at most this many faces")
-    p.add_argument("--fit-steps", type=int, default=None, help="field-fit steps (default: the preset's)")
-    p.add_argument("--fit-seconds", type=float, default=None, help="stop the field fit after this many seconds")
-    p.add_argument("--mesh-resolution", type=int, default=None, help="marching-cubes grid side (default: preset's)")
-    p.add_argument("--refine-iterations", type=int, default=None, help="texture refinement iterations (gtr: 50)")
-    p.add_argument(
-        "--method",
-        choices=["auto", "gtr", "fit"],
-        default=None,
-        help="gtr: the GTR network (needs --checkpoint); fit: per-scene fit, no weights; auto (default): gtr when a "
-        "checkpoint is given (or $GTR_CHECKPOINT is set), else fit",
-    )
-    p.add_argument("--checkpoint", default=None, help="GTR weights: the official .pth or a converted .safetensors")
-    _add_trust_checkpoint_flag(p)
-    p.add_argument("--polish-steps", type=int, default=None, help="gtr: volume-rendering fit steps before meshing")
-    p.add_argument("--up-axis", choices=["z", "y"], default=None, help="gtr: the scene's up axis (default z, Blender)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto: CUDA when present)")
+    add_flags(p)  # one flag per option of the registry (backend/options.py)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _options(args: argparse.Namespace) -> dict:
-    keys = {
-        "preset": args.preset,
-        "texture": args.texture,
-        "texture_size": args.texture_size,
-        "faces": args.faces,
-        "fit_steps": args.fit_steps,
-        "fit_seconds": args.fit_seconds,
-        "method": args.method,
-        "checkpoint": str(Path(args.checkpoint).expanduser().resolve()) if args.checkpoint else None,
-        "trust_checkpoint": True if args.trust_checkpoint else None,
-        "polish_steps": args.polish_steps,
-        "up_axis": args.up_axis,
-        "mesh_resolution": args.mesh_resolution,
-        "refine_iterations": args.refine_iterations,
-    }
-    return {k: v for k, v in keys.items() if v is not None}
+    """The options given as flags, checked (a bad value is an InputError here, before any work)."""
+    options = from_args(args)
+    if "checkpoint" in options:  # relative to the working folder on the command line
+        options["checkpoint"] = str(Path(options["checkpoint"]).expanduser().resolve())
+    return options
+
+
+def _warn(warnings, already=()) -> None:
+    for warning in warnings:
+        if warning not in already:
+            print(f"warning: {warning}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     rec = sub.add_parser("reconstruct", help="posed images → textured mesh")
     rec.add_argument("input", help="job.json, a transforms*.json, or a folder holding one (or cam_XXX.txt files)")
-    rec.add_argument("--output", "-o", required=True, help="output folder (mesh.npz, mesh.glb, metrics.json)")
+    rec.add_argument(
+        "--output", "-o", required=True, help="output folder (mesh.npz, mesh.glb, metrics.json; created when writing)"
+    )
     rec.add_argument("--formats", default="npz,glb", help="comma-separated: npz,glb,obj,ply (default npz,glb)")
     _add_pipeline_flags(rec)
     rec.set_defaults(run=cmd_reconstruct)
@@ -103,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv = sub.add_parser("convert-checkpoint", help="check a GTR checkpoint and convert it (.pth ↔ .safetensors)")
     conv.add_argument("input", help="the official checkpoint (full_checkpoint.pth / ckpt.pth) or a .safetensors")
     conv.add_argument("output", help="OUTPUT.safetensors (this program's format), any other name: official .pth")
-    _add_trust_checkpoint_flag(conv)
+    conv.add_argument("--trust-checkpoint", action="store_true", help=OPTIONS["trust_checkpoint"].help)
     conv.set_defaults(run=cmd_convert_checkpoint)
     return parser
 
@@ -124,7 +89,8 @@ def _run_pipeline(job, args, formats: tuple[str, ...] = ("npz", "glb")):
 
     config = config_from_options(job.options)
     config = replace(config, export=replace(config.export, formats=formats))
-    device = resolve_device(args.device)
+    device = resolve_device(job.options.get("device", "auto"))
+    _warn(job.warnings)
     hooks, bar = _hooks(args)
     try:
         result = reconstruct(job, config, device, hooks)
@@ -134,7 +100,17 @@ def _run_pipeline(job, args, formats: tuple[str, ...] = ("npz", "glb")):
     return result, config
 
 
+def _check_device(options: dict) -> None:
+    """A device given on the command line is checked before any work (a job.json's after loading)."""
+    if "device" in options:
+        from .pipeline import resolve_device
+
+        resolve_device(options["device"])
+
+
 def cmd_reconstruct(args) -> int:
+    options = _options(args)  # first: a bad value fails before anything heavy is imported
+
     from .export import FORMATS
     from .inputs import check_output_dir, load_job
     from .pipeline import write_outputs
@@ -145,11 +121,11 @@ def cmd_reconstruct(args) -> int:
     if bad:
         fix = f"use a comma-separated subset of {','.join(FORMATS)}."
         raise InputError(f"unknown output format(s) {bad}.", fix=fix)
-    job = load_job(args.input, options_override=_options(args))
+    _check_device(options)
+    job = load_job(args.input, options_override=options)
     result, config = _run_pipeline(job, args, formats)
     metrics = write_outputs(result, out_dir, config)
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
+    _warn(result.warnings, already=job.warnings)
     print(
         f"wrote {out_dir} ({metrics['faces']} faces, train PSNR {metrics['train_psnr']:.2f} dB, "
         f"{metrics['seconds']:.1f} s)",
@@ -159,13 +135,17 @@ def cmd_reconstruct(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    options = _options(args)
+
     from .demo import run_demo
     from .inputs import check_output_dir
 
     out_dir = check_output_dir(args.output)
+    _check_device(options)
     hooks, bar = _hooks(args)
     try:
-        metrics = run_demo(out_dir, size=args.size, options=_options(args), device_name=args.device, hooks=hooks)
+        metrics = run_demo(out_dir, size=args.size, options=options, device_name=options.get("device", "auto"),
+                           hooks=hooks)
     finally:
         if bar:
             bar.close()
@@ -178,6 +158,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    options = _options(args)
+
     from .evaluate import contact_sheet, evaluate
     from .export import save_png, write_json_atomic
     from .inputs import check_output_dir, load_transforms, validate_job
@@ -191,9 +173,13 @@ def cmd_eval(args) -> int:
         try:
             select = [int(s) for s in args.train_views.split(",") if s.strip()]
         except ValueError:
-            raise InputError(f"--train-views must be comma-separated integers, got {args.train_views!r}.") from None
+            raise InputError(
+                f"--train-views must be comma-separated integers, got {args.train_views!r}.",
+                fix="list frame positions in transforms_train.json, e.g. --train-views 0,2,4.",
+            ) from None
+    _check_device(options)
     start = time.perf_counter()
-    job = validate_job(load_transforms(find_transforms_file(dataset, "train"), select=select, options=_options(args)))
+    job = validate_job(load_transforms(find_transforms_file(dataset, "train"), select=select, options=options))
     test_file = find_transforms_file(dataset, "test")
     test_select = list(range(args.test_views)) if args.test_views else None
     test = load_transforms(test_file, select=test_select).views
@@ -209,6 +195,7 @@ def cmd_eval(args) -> int:
         raise InputError(f"ground-truth mesh {gt_path} does not exist.", fix="pass an existing --gt-mesh path.")
     evaluation = evaluate(result, test, gt, volume_views=args.volume_views)
     write_outputs(result, out_dir, config)
+    _warn(result.warnings, already=job.warnings)
     report = dict(
         evaluation.metrics,
         dataset=str(dataset),

@@ -9,6 +9,7 @@ import numpy as np
 from .mesh_render import composite, render_mesh
 from .metrics import mesh_metrics, psnr, ssim
 from .pipeline import Reconstruction
+from .progress import Hooks
 from .views import View
 from .volume import RenderConfig, render_image
 
@@ -28,15 +29,20 @@ def evaluate(
     volume_views: int = 8,
     render: RenderConfig | None = None,
     supersample: int = 3,
+    hooks: Hooks | None = None,
 ) -> Evaluation:
     """Render ``result.mesh`` at the (world-frame) test views and compare on a white background.
 
-    ``volume_views``: how many test views are also volume-rendered from the fitted field (before meshing), so the
-    cost of meshing is visible. ``gt_mesh``: (vertices, faces) in the world frame for Chamfer / F-score.
-    Mesh renders are anti-aliased with ``supersample``² samples per pixel, like the (anti-aliased) test images.
+    ``volume_views``: how many test views are also volume-rendered from ``result.field``, the field as the fit left
+    it (before meshing and before texture refinement), so the cost of meshing is visible (``volume_psnr``).
+    ``gt_mesh``: (vertices, faces) in the world frame for Chamfer / F-score. Mesh renders are anti-aliased with
+    ``supersample``² samples per pixel, like the (anti-aliased) test images. ``hooks`` gets a report (stage
+    ``evaluate``) before each render and before the geometry scores.
     """
+    hooks = hooks or Hooks()
     psnrs, ssims, pairs = [], [], []
-    for view in test_views:
+    for n, view in enumerate(test_views):
+        hooks.report("evaluate", n, len(test_views), f"mesh render {n + 1}/{len(test_views)}")
         pred = render_mesh(result.mesh, view.camera, supersample=supersample).cpu()
         gt = composite(view.rgb, view.mask)
         psnrs.append(psnr(pred, gt))
@@ -51,14 +57,17 @@ def evaluate(
     }
     vol = []
     volume_views = volume_views if result.occupancy is not None else 0  # only the fit method has one
-    for view in test_views[:volume_views]:
-        canonical = result.normalisation.to_canonical(view)
+    volume_list = test_views[:volume_views]
+    for n, view in enumerate(volume_list):
+        hooks.report("evaluate", n, len(volume_list), f"volume render {n + 1}/{len(volume_list)}")
+        canonical = result.frame.view_to_canonical(view)
         pred = render_image(result.field, result.occupancy, canonical.camera, render or RenderConfig()).cpu()
         vol.append(psnr(pred, composite(view.rgb, view.mask)))
     if vol:
         metrics["volume_psnr"] = float(np.mean(vol))
         metrics["volume_views"] = len(vol)
     if gt_mesh is not None:
+        hooks.report("evaluate", 0, 1, "geometry scores")
         geo = mesh_metrics(result.mesh.to("cpu"), gt_mesh[0], gt_mesh[1])
         metrics.update(geo)
     return Evaluation(metrics, pairs)

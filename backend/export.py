@@ -44,7 +44,9 @@ class ExportConfig:
     """Which files to write and their base name (``<stem>.npz``, ``<stem>.glb``, ``<stem>_texture.png`` …)."""
 
     formats: tuple[str, ...] = ("npz", "glb")
+    """Files to write, a subset of :data:`FORMATS` (``npz``, ``glb``, ``obj``, ``ply``)."""
     stem: str = "mesh"
+    """Base name of the written files (``<stem>.glb`` …)."""
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -433,7 +435,8 @@ def export_mesh(mesh: Mesh, out_dir: Path, config: ExportConfig = ExportConfig()
 
     Kinds are the format names plus ``"texture"`` and, with obj, ``"mtl"`` (both only when the mesh has a texture).
     All files are encoded in memory first, written to temporary names, and renamed together at the end;
-    on any error the temporary files are removed and no file with a final name is created or changed.
+    on any error (or an interrupt) the temporary files are removed, and files already renamed into place by this
+    call are removed too, so no partial group is left (an existing file of the same name is then gone as well).
     """
     out_dir = Path(out_dir)
     stem = config.stem
@@ -457,6 +460,7 @@ def export_mesh(mesh: Mesh, out_dir: Path, config: ExportConfig = ExportConfig()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     temps: dict[str, Path] = {}
+    renamed: list[Path] = []
     try:
         for kind, (path, data) in files.items():
             temps[kind] = _temp_path(path)
@@ -464,6 +468,12 @@ def export_mesh(mesh: Mesh, out_dir: Path, config: ExportConfig = ExportConfig()
         for kind, (path, _) in files.items():
             os.replace(temps[kind], path)
             del temps[kind]
+            renamed.append(path)
+    except BaseException:
+        # Interrupted part-way through the renames (e.g. Ctrl+C): take the group's finished files away again.
+        for path in renamed:
+            path.unlink(missing_ok=True)
+        raise
     finally:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)

@@ -43,19 +43,24 @@ class ExtractConfig:
     max_fusion_views: int = 32
     """At most this many views (evenly spread through the list) are rendered for the fused distance."""
     chunk: int = 1 << 18
+    """Lattice points per density evaluation; each chunk is one progress report and cancel point."""
 
 
-def density_grid(field: TriplaneField, occupancy: OccupancyGrid | None, resolution: int, chunk: int) -> torch.Tensor:
+def density_grid(
+    field: TriplaneField, occupancy: OccupancyGrid | None, resolution: int, chunk: int, hooks: Hooks | None = None
+) -> torch.Tensor:
     """σ at the (res, res, res) lattice over [-1, 1]³ (indexed [x, y, z]); only near occupied cells is the field
-    evaluated, elsewhere σ = 0."""
+    evaluated, elsewhere σ = 0. Reports each chunk as stage ``extract``."""
+    hooks = hooks or Hooks()
     device = field.planes.device
     axis = torch.linspace(-1, 1, resolution, device=device)
     pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).view(-1, 3)
     grid = torch.zeros(pts.shape[0], device=device)
     todo = occupancy.dilated(1).lookup(pts) if occupancy is not None else torch.ones_like(grid, dtype=torch.bool)
-    idx = todo.nonzero().squeeze(1)
+    parts = todo.nonzero().squeeze(1).split(chunk)
     with torch.no_grad():
-        for part in idx.split(chunk):
+        for n, part in enumerate(parts):
+            hooks.report("extract", n, len(parts), "density grid")
             grid[part] = field.density(pts[part])
     return grid.view(resolution, resolution, resolution)
 
@@ -144,9 +149,12 @@ def fill_cavities(values: torch.Tensor, level: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def stop_depths(field: TriplaneField, occupancy: OccupancyGrid | None, view: View, size: int):
+def stop_depths(
+    field: TriplaneField, occupancy: OccupancyGrid | None, view: View, size: int, hooks: Hooks | None = None
+):
     """Volume-render where each ray of a (downscaled) view stops: (camera, (H·W,) median ray distance, +inf where
-    the pixel is background (opacity < ½))."""
+    the pixel is background (opacity < ½)). Checks for cancel before each chunk of rays."""
+    hooks = hooks or Hooks()
     device = field.planes.device
     occ = occupancy if occupancy is not None else OccupancyGrid(torch.ones((8,) * 3, dtype=torch.bool, device=device))
     cam = view.camera
@@ -155,6 +163,7 @@ def stop_depths(field: TriplaneField, occupancy: OccupancyGrid | None, view: Vie
     origins, dirs = ray_bundle(cam, device)
     stops = []
     for o, d in zip(origins.view(-1, 3).split(16384), dirs.view(-1, 3).split(16384)):
+        hooks.check_cancel()
         out = render_rays(field, o, d, occ, RenderConfig(), torch.zeros(3, device=device))
         stops.append(torch.where(out.opacity > 0.5, out.depth_median, torch.full_like(out.depth, float("inf"))))
     return cam, torch.cat(stops)
@@ -168,13 +177,15 @@ def fused_distance(
     resolution: int,
     config: ExtractConfig,
     region: OccupancyGrid | None = None,
+    hooks: Hooks | None = None,
 ) -> torch.Tensor:
     """Truncated signed distance to the views' rendered surfaces, fused over views, on the (res³) lattice.
 
     Each view contributes ``clamp(t_stop − t_point, −m, m)`` (positive in front of its surface) wherever the point
     is not hidden more than ``m`` behind that surface; points no view sees get −m (inside), points outside
-    ``region`` (the visual hull) +m. ``m`` = ``config.truncation``.
+    ``region`` (the visual hull) +m. ``m`` = ``config.truncation``. Reports each view as stage ``extract``.
     """
+    hooks = hooks or Hooks()
     device = field.planes.device
     axis = torch.linspace(-1, 1, resolution, device=device)
     pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).view(-1, 3)
@@ -183,8 +194,9 @@ def fused_distance(
     weight = torch.zeros(pts.shape[0], device=device)
     if len(views) > config.max_fusion_views:
         views = [views[i] for i in np.linspace(0, len(views) - 1, config.max_fusion_views).round().astype(int)]
-    for view in views:
-        cam, t_stop = stop_depths(field, occupancy, view, config.depth_map_size)
+    for n, view in enumerate(views):
+        hooks.report("extract", n, len(views), f"depth map {n + 1}/{len(views)}")
+        cam, t_stop = stop_depths(field, occupancy, view, config.depth_map_size, hooks)
         index, inside, z = pixel_lookup(cam, pts)
         stop = t_stop[index]
         if cam.orthographic:
@@ -238,12 +250,12 @@ def extract(
     fused = None
     if views:
         hooks.report("extract", 0, 3, "rendering depth maps")
-        fused = fused_distance(field, occupancy, views, config.resolution, config, hull)
+        fused = fused_distance(field, occupancy, views, config.resolution, config, hull, hooks)
     hooks.report("extract", 1, 3, "marching cubes")
     if config.surface == "fused" and fused is not None:
         mesh = mesh_from_distance(fused, config)
     else:
-        grid = density_grid(field, occupancy, config.resolution, config.chunk)
+        grid = density_grid(field, occupancy, config.resolution, config.chunk, hooks)
         hidden = None if fused is None else fused <= -0.999 * config.truncation
         mesh = mesh_from_density(grid, config, hidden)
     hooks.report("extract", 2, 3, "clean-up")

@@ -8,6 +8,8 @@ canonical frame, where the object lies inside [-1, 1]³.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -53,7 +55,20 @@ def sample_planes(planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Bilinear features at canonical points.
 
     planes: (3, C, R, R); points: (P, 3) → (P, 3·C) interleaved (feature[3c + p]).
+    Batched: planes (B, 3, C, R, R); points (B, P, 3) → (B, P, 3·C), scene b sampled at its own points.
     """
+    if planes.dim() == 5:
+        B, _, C, H, W = planes.shape
+        if points.dim() != 3 or points.shape[0] != B:
+            raise ValueError(f"batched planes {tuple(planes.shape)} need points (B={B}, P, 3), "
+                             f"got {tuple(points.shape)}")
+        coords = torch.stack([points[..., [0, 1]], points[..., [0, 2]], points[..., [1, 2]]], dim=1)  # (B, 3, P, 2)
+        feats = F.grid_sample(
+            planes.reshape(B * 3, C, H, W), coords.reshape(B * 3, -1, 1, 2), mode="bilinear",
+            padding_mode="border", align_corners=False,
+        )  # (B·3, C, P, 1)
+        feats = feats.view(B, 3, C, -1).permute(0, 3, 2, 1)  # (B, P, C, 3)
+        return feats.reshape(B, points.shape[1], -1)
     coords = torch.stack([points[:, [0, 1]], points[:, [0, 2]], points[:, [1, 2]]])  # (3, P, 2) = (u, v)
     feats = F.grid_sample(
         planes, coords.unsqueeze(2), mode="bilinear", padding_mode="border", align_corners=False
@@ -64,6 +79,11 @@ def sample_planes(planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 class TriplaneField(nn.Module):
     """Triplane + separate density and colour MLPs (given MLPs are shared, e.g. a GTR checkpoint's).
+
+    A fresh triplane (``planes=None``) is a trainable ``nn.Parameter``. Given planes (e.g. a generator's output)
+    are kept as they are, a non-persistent buffer that stays in the autograd graph, so a loss on the field's
+    outputs reaches whatever produced them; :meth:`trainable_planes` makes a detached leaf copy for per-object
+    optimisation. Planes may be batched, (B, 3, C, R, R), with points (B, P, 3) (see :func:`sample_planes`).
 
     ``density_prior`` is an optional (D, D, D) grid of pre-activation offsets over [-1, 1]³ (indexed [x, y, z]);
     the no-weights fit seeds it from the visual hull so optimisation starts near the right shape and space
@@ -80,12 +100,26 @@ class TriplaneField(nn.Module):
         super().__init__()
         self.config = config
         if planes is None:
-            planes = torch.randn(3, config.channels, config.resolution, config.resolution) * config.init_std
-        self.planes = nn.Parameter(planes)
-        in_dim = 3 * planes.shape[1]
+            self.planes = nn.Parameter(
+                torch.randn(3, config.channels, config.resolution, config.resolution) * config.init_std
+            )
+        else:
+            self.register_buffer("planes", planes, persistent=False)
+        in_dim = 3 * self.planes.shape[-3]
         self.mlp_sigma = mlp_sigma or MLP(in_dim, config.width, 1, config.sigma_layers)
         self.mlp_color = mlp_color or MLP(in_dim, config.width, 3, config.color_layers)
         self.register_buffer("density_prior", None, persistent=False)
+
+    def trainable_planes(self) -> torch.Tensor:
+        """The triplane as a leaf tensor an optimiser can update in place.
+
+        A fresh triplane is already one (its ``nn.Parameter``). Given planes are replaced by a detached copy, which
+        deliberately cuts the graph to whatever produced them (per-object refinement must not write into, or
+        backpropagate to, the generator's output). ``requires_grad`` is left as it is: the caller sets it.
+        """
+        if not isinstance(self.planes, nn.Parameter):
+            self.planes = self.planes.detach().clone()
+        return self.planes
 
     def set_density_prior(self, prior: torch.Tensor | None) -> None:
         self.density_prior = prior
@@ -94,7 +128,7 @@ class TriplaneField(nn.Module):
         # grid_sample on a 3D volume takes (x, y, z) → (W, H, D) axes; the prior is stored [x, y, z] → permute.
         grid = self.density_prior.permute(2, 1, 0)[None, None]
         p = F.grid_sample(grid, points.view(1, -1, 1, 1, 3), mode="bilinear", padding_mode="border", align_corners=True)
-        return p.view(-1)
+        return p.view(points.shape[:-1])
 
     def features(self, points: torch.Tensor) -> torch.Tensor:
         return sample_planes(self.planes, points)
@@ -110,11 +144,11 @@ class TriplaneField(nn.Module):
         return torch.sigmoid(self.mlp_color(feats)) * (1 + 2 * s) - s
 
     def density(self, points: torch.Tensor) -> torch.Tensor:
-        """(P, 3) → (P,) σ ≥ 0."""
+        """(P, 3) → (P,) σ ≥ 0 (batched: (B, P, 3) → (B, P))."""
         return self.density_from_features(self.features(points), points)
 
     def color(self, points: torch.Tensor) -> torch.Tensor:
-        """(P, 3) → (P, 3) sRGB (approximately [0, 1])."""
+        """(P, 3) → (P, 3) sRGB (approximately [0, 1]) (batched: (B, P, 3) → (B, P, 3))."""
         return self.color_from_features(self.features(points))
 
     def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,3 +168,17 @@ class TriplaneField(nn.Module):
             )
             out[idx] = self.density(pts)
         return out.view(resolution, resolution, resolution)
+
+
+@contextmanager
+def requires_grad(tensors: Iterable[torch.Tensor], enabled: bool = True) -> Iterator[None]:
+    """Set ``requires_grad`` on leaf ``tensors`` for the block; each one's previous state is restored afterwards."""
+    tensors = list(tensors)
+    before = [t.requires_grad for t in tensors]
+    try:
+        for t in tensors:
+            t.requires_grad_(enabled)
+        yield
+    finally:
+        for t, state in zip(tensors, before):
+            t.requires_grad_(state)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from dataclasses import field as dc_field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cameras import ray_bundle
 from .field import FieldConfig, TriplaneField
 from .hull import carve, lattice
 from .progress import Hooks
@@ -31,8 +30,11 @@ class FitConfig:
     max_seconds: float | None = None
     """Stop early once this much time has passed (None: run all steps)."""
     rays_per_step: int = 4096
+    """Rays (pixels) in each step's batch."""
     lr_planes: float = 0.02
+    """Adam learning rate of the triplane features at the first step."""
     lr_mlp: float = 0.005
+    """Adam learning rate of the density and colour MLPs at the first step."""
     lr_final_fraction: float = 0.1
     """Learning rates decay exponentially to this fraction of their start by the last step."""
     hull_resolution: int = 128
@@ -48,20 +50,31 @@ class FitConfig:
     foreground_fraction: float = 0.8
     """Share of each batch drawn from pixels near the object (the rest: anywhere)."""
     mask_weight: float = 0.1
+    """Weight of the MSE between rendered opacity and the mask (0 disables it)."""
     tv_weight: float = 0.01
+    """Weight of the total-variation smoothness loss on the triplane."""
     depth_weight: float = 0.1
+    """Weight of the L1 loss between rendered and given depth, where a view has depth (0 disables it)."""
     distortion_weight: float = 0.1
     """Weight of the distortion loss, which makes surfaces sharp (rays stop within a short interval)."""
     random_background: bool = True
     """Composite targets on a random colour per ray, so opacity is learnt from colour too."""
+    train_mlps: bool = True
+    """Optimise the density and colour MLPs with the triplane (False: the triplane only, as the gtr polish does)."""
     field: FieldConfig = dc_field(default_factory=lambda: FieldConfig(density_scale=25.0))
+    """The triplane field that is fitted (resolution, channels, MLPs, density scale)."""
     render: RenderConfig = dc_field(default_factory=RenderConfig)
+    """Volume rendering of the fit (marching step, transmittance floor, chunk)."""
 
 
 @dataclass
-class RayData:
-    """All pixels of all views, flattened: origins/dirs (P, 3), rgb (P, 3), alpha (P,) or None, z-depth
-    factor ``zdir`` (P,) (camera z per unit of t) and ``depth`` (P,) or None (0 = unknown)."""
+class RayBatch:
+    """Rays through sampled pixel centres and those pixels' data, all (N, ...) on one device.
+
+    ``origins``, ``dirs`` (N, 3) float32 world space (unit ``dirs``, as :func:`backend.cameras.ray_bundle`);
+    ``rgb`` (N, 3); ``alpha`` (N,) or None; ``depth`` (N,) camera z, 0 = unknown, or None; ``zdir`` (N,) camera z
+    per unit of ray distance t.
+    """
 
     origins: torch.Tensor
     dirs: torch.Tensor
@@ -69,40 +82,116 @@ class RayData:
     alpha: torch.Tensor | None
     depth: torch.Tensor | None
     zdir: torch.Tensor
-    foreground: torch.Tensor
-    """Indices of pixels near the object (dilated mask); all pixels when there are no masks."""
 
 
-def gather_rays(views: list[View], device) -> RayData:
-    origins, dirs, rgbs, alphas, depths, zdirs, near = [], [], [], [], [], [], []
+@dataclass
+class PixelData:
+    """Every view's pixels, flattened view after view (row-major within a view), with no per-pixel rays.
+
+    Only the images are held (``rgb`` (P, 3), ``alpha`` (P,) or None, ``depth`` (P,) or None, as the views hold
+    them, float32) plus the flat indices of pixels near the object; :meth:`take` computes the rays of the pixels
+    a step draws. Cameras are per view: ``offsets`` (V + 1,) int64 first flat index of each view, ``widths`` (V,)
+    int64, ``intrinsics`` (V, 4) float64 [fx, fy, cx, cy], ``c2w`` (V, 3, 4) float64 OpenCV camera → world,
+    ``forward`` (V, 3) float32, ``orthographic`` (V,) bool.
+    """
+
+    rgb: torch.Tensor
+    alpha: torch.Tensor | None
+    depth: torch.Tensor | None
+    foreground: torch.Tensor | None
+    """Flat indices (int32 when they fit) of pixels near the object (dilated mask); None: every pixel."""
+    offsets: torch.Tensor
+    widths: torch.Tensor
+    intrinsics: torch.Tensor
+    c2w: torch.Tensor
+    forward: torch.Tensor
+    orthographic: torch.Tensor
+
+    @property
+    def count(self) -> int:
+        """P, the number of pixels over all views."""
+        return int(self.rgb.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by all the tensors."""
+        tensors = [getattr(self, f.name) for f in fields(self)]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def sample(self, count: int, foreground_fraction: float) -> torch.Tensor:
+        """(count,) int64 flat pixel indices: ``int(count · foreground_fraction)`` drawn uniformly from the pixels
+        near the object, the rest uniformly from all pixels."""
+        n_fg = int(count * foreground_fraction)
+        device = self.rgb.device
+        if self.foreground is None:
+            near = torch.randint(self.count, (n_fg,), device=device)
+        else:
+            near = self.foreground[torch.randint(len(self.foreground), (n_fg,), device=device)].long()
+        return torch.cat([near, torch.randint(self.count, (count - n_fg,), device=device)])
+
+    def take(self, index: torch.Tensor) -> RayBatch:
+        """The rays through the pixel centres at flat ``index`` (N,), computed as ``ray_bundle`` computes them."""
+        view = torch.searchsorted(self.offsets, index, right=True) - 1
+        local = index - self.offsets[view]
+        width = self.widths[view]
+        row = torch.div(local, width, rounding_mode="floor")
+        col = local - row * width
+        fx, fy, cx, cy = self.intrinsics[view].unbind(1)
+        x = (col.to(torch.float64) + 0.5 - cx) / fx
+        y = (row.to(torch.float64) + 0.5 - cy) / fy
+        ortho = self.orthographic[view]
+        camera_point = torch.stack([x, y, (~ortho).to(torch.float64)], dim=-1)  # z = 1 (pinhole) or 0 (ortho)
+        c2w = self.c2w[view]
+        rotated = torch.einsum("nij,nj->ni", c2w[:, :, :3], camera_point)
+        origins = torch.where(ortho[:, None], rotated + c2w[:, :, 3], c2w[:, :, 3])
+        dirs = torch.where(ortho[:, None], c2w[:, :, 2], rotated / rotated.norm(dim=-1, keepdim=True))
+        dirs = dirs.to(torch.float32)
+        return RayBatch(
+            origins=origins.to(torch.float32),
+            dirs=dirs,
+            rgb=self.rgb[index],
+            alpha=self.alpha[index] if self.alpha is not None else None,
+            depth=self.depth[index] if self.depth is not None else None,
+            zdir=(dirs * self.forward[view]).sum(dim=-1),
+        )
+
+
+def gather_pixels(views: list[View], device) -> PixelData:
+    """The views' images as :class:`PixelData` on ``device`` (masks only when every view has one)."""
     has_mask = all(v.mask is not None for v in views)
     has_depth = any(v.depth is not None for v in views)
+    rgb, alpha, depth, near = [], [], [], []
     for v in views:
-        o, d = ray_bundle(v.camera, device)
-        origins.append(o.reshape(-1, 3))
-        dirs.append(d.reshape(-1, 3))
-        rgbs.append(torch.as_tensor(v.rgb, device=device).reshape(-1, 3))
-        fwd = torch.as_tensor(v.camera.forward, dtype=torch.float32, device=device)
-        zdirs.append(dirs[-1] @ fwd)
+        rgb.append(torch.as_tensor(v.rgb, dtype=torch.float32, device=device).reshape(-1, 3))
         if has_mask:
-            m = torch.as_tensor(v.mask, device=device)
-            alphas.append(m.reshape(-1))
+            m = torch.as_tensor(v.mask, dtype=torch.float32, device=device)
+            alpha.append(m.reshape(-1))
             near.append(F.max_pool2d(m[None, None], 9, stride=1, padding=4).reshape(-1) > 0)
         if has_depth:
             dep = v.depth if v.depth is not None else np.zeros(v.rgb.shape[:2], np.float32)
-            depths.append(torch.as_tensor(dep, device=device).reshape(-1))
-    total = sum(len(o) for o in origins)
-    fg = torch.cat(near).nonzero().squeeze(1) if has_mask else torch.arange(total, device=device)
-    if fg.numel() == 0:
-        fg = torch.arange(total, device=device)
-    return RayData(
-        origins=torch.cat(origins),
-        dirs=torch.cat(dirs),
-        rgb=torch.cat(rgbs),
-        alpha=torch.cat(alphas) if has_mask else None,
-        depth=torch.cat(depths) if has_depth else None,
-        zdir=torch.cat(zdirs),
-        foreground=fg,
+            depth.append(torch.as_tensor(dep, dtype=torch.float32, device=device).reshape(-1))
+    sizes = [len(c) for c in rgb]
+    total = sum(sizes)
+    foreground = None
+    if has_mask:
+        index_dtype = torch.int32 if total <= torch.iinfo(torch.int32).max else torch.int64
+        foreground = torch.cat(near).nonzero().squeeze(1).to(index_dtype)
+        if foreground.numel() == 0:
+            foreground = None
+    cams = [v.camera for v in views]
+    c2w = np.stack([c.camera_to_world[:3] for c in cams])
+    intrinsics = np.array([[c.K[0, 0], c.K[1, 1], c.K[0, 2], c.K[1, 2]] for c in cams], dtype=np.float64)
+    return PixelData(
+        rgb=torch.cat(rgb),
+        alpha=torch.cat(alpha) if has_mask else None,
+        depth=torch.cat(depth) if has_depth else None,
+        foreground=foreground,
+        offsets=torch.tensor([0, *np.cumsum(sizes)], dtype=torch.int64, device=device),
+        widths=torch.tensor([c.width for c in cams], dtype=torch.int64, device=device),
+        intrinsics=torch.as_tensor(intrinsics, device=device),
+        c2w=torch.as_tensor(c2w, dtype=torch.float64, device=device),
+        forward=torch.tensor(np.stack([c.forward for c in cams]), dtype=torch.float32, device=device),
+        orthographic=torch.tensor([c.orthographic for c in cams], dtype=torch.bool, device=device),
     )
 
 
@@ -118,12 +207,12 @@ class FitResult:
     """Per-step photometric PSNR of the sampled rays (on their random backgrounds)."""
 
 
-def hull_grid(views: list[View], resolution: int, device) -> OccupancyGrid:
+def hull_grid(views: list[View], resolution: int, device, hooks: Hooks | None = None) -> OccupancyGrid:
     """Visual hull of the canonical views on the fit's grid (the whole box when there are no masks)."""
     if any(v.mask is None for v in views):
         return OccupancyGrid(torch.ones((resolution,) * 3, dtype=torch.bool, device=device))
     pts = lattice(np.array([-1.0] * 3), np.array([1.0] * 3), resolution, device)
-    keep = carve([v.camera for v in views], [v.mask for v in views], pts)
+    keep = carve([v.camera for v in views], [v.mask for v in views], pts, hooks=hooks)
     return OccupancyGrid(keep.view(resolution, resolution, resolution))
 
 
@@ -157,48 +246,41 @@ def fit(
     """Optimise a triplane field (fresh, or the one given, e.g. from a generator) against canonical views."""
     hooks = hooks or Hooks()
     start = time.perf_counter()
-    rays = gather_rays(views, device)
-    hull = hull_grid(views, config.hull_resolution, device)
+    pixels = gather_pixels(views, device)
+    hull = hull_grid(views, config.hull_resolution, device, hooks)
     if field is None:
         field = TriplaneField(config.field).to(device)
         field.set_density_prior(density_prior(hull, config))
     occupancy = hull
-    groups = [
-        {"params": [field.planes], "lr": config.lr_planes},
-        {"params": list(field.mlp_sigma.parameters()) + list(field.mlp_color.parameters()), "lr": config.lr_mlp},
-    ]
+    groups = [{"params": [field.trainable_planes().requires_grad_(True)], "lr": config.lr_planes}]
+    if config.train_mlps:
+        mlps = [*field.mlp_sigma.parameters(), *field.mlp_color.parameters()]
+        groups.append({"params": [p.requires_grad_(True) for p in mlps], "lr": config.lr_mlp})
     optimiser = torch.optim.Adam(groups, betas=(0.9, 0.99), eps=1e-15)
     gamma = config.lr_final_fraction ** (1.0 / max(config.steps, 1))
     scheduler = torch.optim.lr_scheduler.ExponentialLR(optimiser, gamma)
-    n_fg = int(config.rays_per_step * config.foreground_fraction)
-    total_pixels = rays.origins.shape[0]
     losses, psnrs = [], []
     step = 0
     for step in range(1, config.steps + 1):
-        idx = torch.cat(
-            [
-                rays.foreground[torch.randint(len(rays.foreground), (n_fg,), device=device)],
-                torch.randint(total_pixels, (config.rays_per_step - n_fg,), device=device),
-            ]
-        )
+        rays = pixels.take(pixels.sample(config.rays_per_step, config.foreground_fraction))
         if rays.alpha is not None and config.random_background:
-            bg = torch.rand(len(idx), 3, device=device)
+            bg = torch.rand(config.rays_per_step, 3, device=device)
         else:
-            bg = torch.ones(len(idx), 3, device=device)
-        target = rays.rgb[idx]
+            bg = torch.ones(config.rays_per_step, 3, device=device)
+        target = rays.rgb
         if rays.alpha is not None:
-            a = rays.alpha[idx, None]
+            a = rays.alpha[:, None]
             target = target * a + bg * (1 - a)
-        out = render_rays(field, rays.origins[idx], rays.dirs[idx], occupancy, config.render, bg, jitter=True)
+        out = render_rays(field, rays.origins, rays.dirs, occupancy, config.render, bg, jitter=True)
         mse = F.mse_loss(out.rgb, target)
         loss = mse + config.tv_weight * total_variation(field.planes) + config.distortion_weight * out.distortion
         if rays.alpha is not None and config.mask_weight > 0:
-            loss = loss + config.mask_weight * F.mse_loss(out.opacity, rays.alpha[idx])
+            loss = loss + config.mask_weight * F.mse_loss(out.opacity, rays.alpha)
         if rays.depth is not None and config.depth_weight > 0:
-            d = rays.depth[idx]
+            d = rays.depth
             known = d > 0
             if bool(known.any()):
-                zpred = out.depth * rays.zdir[idx]
+                zpred = out.depth * rays.zdir
                 loss = loss + config.depth_weight * (zpred[known] - d[known]).abs().mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -211,6 +293,8 @@ def fit(
         if step % 10 == 0 or step == config.steps:
             recent = float(np.mean(psnrs[-50:]))
             hooks.report("fit", step, config.steps, f"psnr {recent:.2f}")
+        else:
+            hooks.check_cancel()  # every step: a cancel waits for one step at most
         if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
             break
     occupancy = update_occupancy(field, hull, config)

@@ -375,9 +375,13 @@ class MarchingCubesConfig:
     """Bundled arguments for :func:`marching_cubes` (all optional)."""
 
     level: float = 0.0
+    """Iso-level of the surface."""
     bbox_min: tuple[float, float, float] = (-1.0, -1.0, -1.0)
+    """World position of the grid's first corner (value [0, 0, 0])."""
     bbox_max: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """World position of the grid's last corner (value [X-1, Y-1, Z-1])."""
     backend: str = "torch"
+    """``"torch"`` (the project's, differentiable) or ``"diso"`` when installed."""
 
     def extract(self, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return marching_cubes(values, self.level, self.bbox_min, self.bbox_max, backend=self.backend)

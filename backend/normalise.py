@@ -6,15 +6,22 @@ around the point the cameras look at and then tightened.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .errors import InputError
+from .frame import CanonicalFrame, frame_for_bounds
 from .hull import carve, lattice
+from .inputs.validate import check_sees_bounds
 from .progress import Hooks
 from .views import Bounds, View
+
+LOOKS_AWAY_FIX = (
+    "this camera looks away from the object the other views agree on: check its pose (world_to_camera is "
+    "OpenCV world-to-camera; a camera-to-world or OpenGL matrix must be converted), or remove the view."
+)
 
 
 @dataclass(frozen=True)
@@ -23,31 +30,6 @@ class NormaliseConfig:
     """Extra room around the object, as a fraction of its half-size, inside [-1, 1]³."""
     hull_resolution: int = 96
     """Cells per side of the grid used to estimate bounds from the masks."""
-
-
-@dataclass(frozen=True)
-class Normalisation:
-    """canonical = (world − centre) / scale; world = centre + scale · canonical (no rotation)."""
-
-    centre: np.ndarray
-    scale: float
-
-    @property
-    def world_from_canonical(self) -> np.ndarray:
-        m = np.eye(4)
-        m[:3, :3] *= self.scale
-        m[:3, 3] = self.centre
-        return m
-
-    def to_canonical(self, view: View) -> View:
-        translate = np.eye(4)
-        translate[:3, 3] = self.centre
-        camera = view.camera.transformed(translate, 1.0 / self.scale)
-        depth = None if view.depth is None else view.depth / self.scale
-        return replace(view, camera=camera, depth=depth)
-
-    def to_canonical_points(self, points: np.ndarray) -> np.ndarray:
-        return (np.asarray(points) - self.centre) / self.scale
 
 
 def look_at_point(views: list[View]) -> np.ndarray:
@@ -77,7 +59,10 @@ def _loose_half_size(views: list[View], centre: np.ndarray) -> float:
 
 
 def bounds_from_masks(views: list[View], config: NormaliseConfig, device, hooks: Hooks | None = None) -> Bounds:
-    """Carve twice (loose box, then the occupied box grown by 15 %) and return the occupied box."""
+    """Carve twice (loose box, then the occupied box grown by 15 %) and return the occupied box.
+
+    Raises :class:`InputError` naming the view when a camera does not see that box (looks away from the object).
+    """
     cams = [v.camera for v in views]
     masks = [v.mask for v in views]
     centre = look_at_point(views)
@@ -97,20 +82,16 @@ def bounds_from_masks(views: list[View], config: NormaliseConfig, device, hooks:
         new_lo, new_hi = occ.min(0) - cell, occ.max(0) + cell
         grow = 0.15 * (new_hi - new_lo)
         lo, hi = new_lo - grow, new_hi + grow
-    return Bounds(centre=(new_lo + new_hi) / 2, size=new_hi - new_lo)
-
-
-def normalisation_for(bounds: Bounds, config: NormaliseConfig) -> Normalisation:
-    half = float(np.max(bounds.size)) / 2
-    if not np.isfinite(half) or half <= 0:
-        raise InputError("the bounds have zero or invalid size.", fix="give bounds with a positive size.")
-    return Normalisation(centre=np.asarray(bounds.centre, dtype=np.float64), scale=half * (1 + config.margin))
+    bounds = Bounds(centre=(new_lo + new_hi) / 2, size=new_hi - new_lo)
+    for index, view in enumerate(views):  # a camera looking away from the object carves nothing: catch it here
+        check_sees_bounds(view, index, bounds, "the object (the masks' visual hull)", LOOKS_AWAY_FIX)
+    return bounds
 
 
 def normalise(
     views: list[View], bounds: Bounds | None, config: NormaliseConfig, device, hooks: Hooks | None = None
-) -> tuple[list[View], Normalisation, Bounds]:
-    """Views in the canonical frame, the normalisation, and the world bounds that were used."""
+) -> tuple[list[View], CanonicalFrame, Bounds]:
+    """Views in the canonical frame, the frame, and the world bounds that were used."""
     if bounds is None:
         if any(v.mask is None for v in views):
             raise InputError(
@@ -119,5 +100,5 @@ def normalise(
             )
         with torch.no_grad():
             bounds = bounds_from_masks(views, config, device, hooks)
-    norm = normalisation_for(bounds, config)
-    return [norm.to_canonical(v) for v in views], norm, bounds
+    frame = frame_for_bounds(bounds, 1.0 / (1.0 + config.margin))
+    return [frame.view_to_canonical(v) for v in views], frame, bounds

@@ -22,16 +22,18 @@ from .export import ExportConfig, export_mesh, write_json_atomic
 from .extract import ExtractConfig, extract
 from .field import FieldConfig, TriplaneField
 from .fit import FitConfig, fit
+from .frame import CanonicalFrame
 from .gtr.checkpoint import read_checkpoint
 from .gtr.config import RefineSettings
-from .gtr.rig import CanonicalFrame
 from .gtr.run import GTRSettings, reconstruct_gtr
 from .mesh import Mesh
 from .mesh_render import composite, render_mesh
 from .metrics import psnr
-from .normalise import Normalisation, NormaliseConfig, normalise
+from .normalise import NormaliseConfig, normalise
+from .options import CONFIG_KEYS, OPTIONS
+from .options import apply as apply_options
 from .progress import Hooks, StageTimer
-from .refine import RefineConfig, refine_texture
+from .refine import RefineConfig, refine_texture, texture_copy
 from .views import Job, View
 from .volume import OccupancyGrid
 
@@ -41,16 +43,22 @@ class PipelineConfig:
     max_image_size: int = 512
     """Images whose longer side is larger are downscaled (cameras adjusted) before fitting."""
     normalise: NormaliseConfig = field(default_factory=NormaliseConfig)
+    """World ↔ canonical frame: margin, hull resolution for bounds from masks."""
     fit: FitConfig = field(default_factory=FitConfig)
+    """The ``fit`` method's field optimisation."""
     extract: ExtractConfig = field(default_factory=ExtractConfig)
+    """Surface extraction: lattice, iso-level, clean-up, decimation (``fit`` method)."""
     refine: RefineConfig = field(default_factory=RefineConfig)
+    """Texture refinement at mesh surface points (``fit`` method)."""
     bake: BakeConfig = field(default_factory=BakeConfig)
+    """Vertex colours or a UV texture (both methods)."""
     export: ExportConfig = field(default_factory=ExportConfig)
+    """Which mesh files to write (both methods)."""
     gtr: GTRSettings = field(default_factory=GTRSettings)
     """Settings of the ``gtr`` method (its own mesh grid and refinement; shares ``bake`` and ``export``)."""
 
 
-METHODS = ("auto", "gtr", "fit")
+METHODS = OPTIONS["method"].choices
 CHECKPOINT_ENV = "GTR_CHECKPOINT"
 
 PRESETS: dict[str, PipelineConfig] = {
@@ -100,75 +108,23 @@ def preset(name: str) -> PipelineConfig:
     return PRESETS[name]
 
 
-def configure(
-    base: PipelineConfig,
-    *,
-    texture: str | None = None,
-    texture_size: int | None = None,
-    faces: int | None = None,
-    fit_steps: int | None = None,
-    fit_seconds: float | None = None,
-    polish_steps: int | None = None,
-    up_axis: str | None = None,
-    mesh_resolution: int | None = None,
-    refine_iterations: int | None = None,
-) -> PipelineConfig:
-    """The preset with the user's choices applied (None keeps the preset's value)."""
-    cfg = base
-    if fit_steps is not None:
-        if int(fit_steps) < 1:
-            raise InputError(f"fit_steps must be at least 1, got {fit_steps}.")
-        cfg = replace(cfg, fit=replace(cfg.fit, steps=int(fit_steps)))
-    if fit_seconds is not None:
-        if float(fit_seconds) <= 0:
-            raise InputError(f"fit_seconds must be positive, got {fit_seconds}.")
-        cfg = replace(cfg, fit=replace(cfg.fit, max_seconds=float(fit_seconds)))
-    if texture is not None:
-        if texture not in ("vertex", "uv"):
-            raise InputError(f"unknown texture mode {texture!r}.", fix="use 'vertex' or 'uv'.")
-        cfg = replace(cfg, bake=replace(cfg.bake, texture=texture))
-    if texture_size is not None:
-        cfg = replace(cfg, bake=replace(cfg.bake, texture_size=int(texture_size)))
-    if faces is not None:
-        cfg = replace(cfg, extract=replace(cfg.extract, target_faces=int(faces)),
-                      gtr=replace(cfg.gtr, target_faces=int(faces)))
-    if mesh_resolution is not None:
-        if not 16 <= int(mesh_resolution) <= 1024:
-            raise InputError(f"mesh_resolution must be between 16 and 1024, got {mesh_resolution}.")
-        cfg = replace(cfg, extract=replace(cfg.extract, resolution=int(mesh_resolution)),
-                      gtr=replace(cfg.gtr, mesh_resolution=int(mesh_resolution)))
-    if refine_iterations is not None:
-        if int(refine_iterations) < 0:
-            raise InputError(f"refine_iterations must be 0 or more, got {refine_iterations}.")
-        n = int(refine_iterations)
-        cfg = replace(cfg, refine=replace(cfg.refine, iterations=n),
-                      gtr=replace(cfg.gtr, refine=replace(cfg.gtr.refine, iterations=n)))
-    if polish_steps is not None:
-        if int(polish_steps) < 0:
-            raise InputError(f"polish_steps must be 0 or more, got {polish_steps}.")
-        cfg = replace(cfg, gtr=replace(cfg.gtr, polish_steps=int(polish_steps)))
-    if up_axis is not None:
-        if up_axis not in ("y", "z"):
-            raise InputError(f"unknown up axis {up_axis!r}.", fix="use 'z' (Blender) or 'y'.")
-        cfg = replace(cfg, gtr=replace(cfg.gtr, rig=replace(cfg.gtr.rig, up_axis=up_axis)))
-    return cfg
+def configure(base: PipelineConfig, **options) -> PipelineConfig:
+    """The preset with the user's choices applied (None keeps the preset's value).
+
+    The keywords are the config options of :data:`backend.options.OPTIONS` (``texture``, ``texture_size``,
+    ``faces``, ``fit_steps``, ``fit_seconds``, ``mesh_resolution``, ``refine_iterations``, ``polish_steps``,
+    ``up_axis``); each value is range-checked there and written to the config path(s) the registry names.
+    """
+    return apply_options(base, options)
 
 
 def config_from_options(options: dict) -> PipelineConfig:
-    """Pipeline configuration from job options / CLI flags: preset, texture, texture_size, faces, fit_steps,
-    fit_seconds, polish_steps, up_axis, mesh_resolution, refine_iterations."""
-    return configure(
-        preset(options.get("preset", "draft")),
-        texture=options.get("texture"),
-        texture_size=options.get("texture_size"),
-        faces=options.get("faces"),
-        fit_steps=options.get("fit_steps"),
-        fit_seconds=options.get("fit_seconds"),
-        polish_steps=options.get("polish_steps"),
-        up_axis=options.get("up_axis"),
-        mesh_resolution=options.get("mesh_resolution"),
-        refine_iterations=options.get("refine_iterations"),
-    )
+    """Pipeline configuration from job options / CLI flags: the ``preset`` with the config options applied.
+
+    Keys that are not config options (``method``, ``checkpoint``, loader options, ...) are read elsewhere and
+    ignored here.
+    """
+    return configure(preset(options.get("preset", "draft")), **{k: options[k] for k in CONFIG_KEYS if k in options})
 
 
 def choose_method(options: dict) -> tuple[str, str | None]:
@@ -189,16 +145,23 @@ def choose_method(options: dict) -> tuple[str, str | None]:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when present, else CPU; ``cuda`` without CUDA is an error that says so."""
+    """``auto`` → CUDA when present, else CPU; ``cuda`` / ``cuda:N`` without CUDA, or with N out of range, is an
+    :class:`InputError` that says so (as is any other name)."""
+    name = OPTIONS["device"].check(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(
-            "--device cuda was asked for but this torch build sees no CUDA GPU.",
+            f"--device {name} was asked for but this torch build sees no CUDA GPU.",
             fix="use --device cpu, or install a CUDA build of torch (python install.py --cuda).",
         )
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise InputError(f"unknown device {name!r}.", fix="use auto, cpu or cuda.")
+    if name.startswith("cuda:"):
+        count = torch.cuda.device_count()
+        if int(name[5:]) >= count:
+            raise InputError(
+                f"--device {name}: torch sees {count} CUDA GPU(s), numbered 0 to {count - 1}.",
+                fix=f"use --device cuda:0 ... cuda:{count - 1}, or check CUDA_VISIBLE_DEVICES.",
+            )
     return torch.device(name)
 
 
@@ -232,9 +195,14 @@ class Reconstruction:
     mesh: Mesh
     canonical_mesh: Mesh
     field: TriplaneField
+    """The field as the fit (or the generator) left it: the mesh was extracted from it; refinement does not change
+    it, so its volume renders are "before meshing"."""
+    texture_field: TriplaneField
+    """The texture-refined copy of ``field`` (own triplane and colour MLP) the mesh colours were baked from."""
     occupancy: OccupancyGrid | None
     """Occupied space for volume rendering (``fit`` only)."""
-    normalisation: Normalisation | CanonicalFrame
+    frame: CanonicalFrame
+    """World → canonical frame the method worked in."""
     views: list[View]
     """The input views as the method saw them: resized and in the canonical frame."""
     timings: dict[str, float]
@@ -243,18 +211,27 @@ class Reconstruction:
     """Things the user should know (e.g. cameras unlike the GTR training rig)."""
 
 
-def training_psnr(mesh: Mesh, views: list[View]) -> float:
-    """Mean PSNR of the mesh rendered into the views (3×3 supersampled) against them, composited on white."""
-    renders = [render_mesh(mesh, v.camera, supersample=3) for v in views]
-    return float(np.mean([psnr(img, composite(v.rgb, v.mask)) for img, v in zip(renders, views)]))
+def training_psnr(mesh: Mesh, views: list[View], hooks: Hooks | None = None) -> float:
+    """Mean PSNR of the mesh rendered into the views (3×3 supersampled) against them, composited on white.
+    Reports each view as stage ``metrics``."""
+    hooks = hooks or Hooks()
+    scores = []
+    for n, view in enumerate(views):
+        hooks.report("metrics", n, len(views), "training PSNR")
+        scores.append(psnr(render_mesh(mesh, view.camera, supersample=3), composite(view.rgb, view.mask)))
+    hooks.report("metrics", len(views), len(views), "training PSNR")
+    return float(np.mean(scores))
 
 
 def reconstruct(job: Job, config: PipelineConfig, device: torch.device, hooks: Hooks | None = None) -> Reconstruction:
     """Run every stage on a loaded job. Raises InputError for bad input and Cancelled when cancelled."""
     method, checkpoint = choose_method(job.options)
     if method == "gtr":
-        return _reconstruct_gtr(job, checkpoint, config, device, hooks)
-    return _reconstruct_fit(job, config, device, hooks)
+        result = _reconstruct_gtr(job, checkpoint, config, device, hooks)
+    else:
+        result = _reconstruct_fit(job, config, device, hooks)
+    result.warnings[:0] = [w for w in job.warnings if w not in result.warnings]  # the loader's come first
+    return result
 
 
 def _reconstruct_gtr(job: Job, checkpoint: str, config: PipelineConfig, device, hooks) -> Reconstruction:
@@ -262,9 +239,10 @@ def _reconstruct_gtr(job: Job, checkpoint: str, config: PipelineConfig, device, 
     hooks.report("checkpoint", 0, 1, "reading the GTR weights")
     weights = read_checkpoint(checkpoint, trust=bool(job.options.get("trust_checkpoint", False)))
     out = reconstruct_gtr(job, weights, config.gtr, config.bake, device, hooks)
-    out.metrics["train_psnr"] = round(training_psnr(out.canonical_mesh, out.views), 3)
-    return Reconstruction(out.mesh, out.canonical_mesh, out.field, None, out.frame, out.views, out.timings,
-                          out.metrics, out.warnings)
+    out.metrics["train_psnr"] = round(training_psnr(out.canonical_mesh, out.views, hooks), 3)
+    return Reconstruction(mesh=out.mesh, canonical_mesh=out.canonical_mesh, field=out.field,
+                          texture_field=out.texture_field, occupancy=None, frame=out.frame, views=out.views,
+                          timings=out.timings, metrics=out.metrics, warnings=out.warnings)
 
 
 def _reconstruct_fit(job: Job, config: PipelineConfig, device, hooks) -> Reconstruction:
@@ -272,7 +250,7 @@ def _reconstruct_fit(job: Job, config: PipelineConfig, device, hooks) -> Reconst
     timer = StageTimer()
     lap = timer.lap
     views = [downscale(v, config.max_image_size) for v in job.views]
-    canonical, norm, _ = normalise(views, job.bounds, config.normalise, device, hooks)
+    canonical, frame, _ = normalise(views, job.bounds, config.normalise, device, hooks)
     lap("normalise")
     fitted = fit(canonical, config.fit, device, hooks)
     lap("fit")
@@ -283,14 +261,15 @@ def _reconstruct_fit(job: Job, config: PipelineConfig, device, hooks) -> Reconst
             fix="check masks and cameras, or try a larger preset.",
         )
     lap("extract")
-    refined = refine_texture(fitted.field, mesh, canonical, config.refine, hooks)
+    texture_field = texture_copy(fitted.field)  # fitted.field stays as the fit left it
+    refined = refine_texture(texture_field, mesh, canonical, config.refine, hooks)
     lap("refine")
-    baked = bake(mesh, fitted.field.color, config.bake, hooks)
+    baked = bake(mesh, texture_field.color, config.bake, hooks)
     lap("bake")
-    train_psnr = training_psnr(baked, canonical)
+    train_psnr = training_psnr(baked, canonical, hooks)
     lap("metrics")
     timings = timer.finish()
-    world = baked.transformed(norm.world_from_canonical)
+    world = baked.transformed(frame.world_from_canonical)
     metrics = {
         "method": "fit",
         "seconds": timings["total"],
@@ -301,21 +280,46 @@ def _reconstruct_fit(job: Job, config: PipelineConfig, device, hooks) -> Reconst
         "fit_psnr": round(float(np.mean(fitted.psnr_history[-100:])), 3) if fitted.psnr_history else None,
         "refine_iterations": refined.iterations,
     }
-    return Reconstruction(world, baked, fitted.field, fitted.occupancy, norm, canonical, timings, metrics)
+    return Reconstruction(mesh=world, canonical_mesh=baked, field=fitted.field, texture_field=texture_field,
+                          occupancy=fitted.occupancy, frame=frame, views=canonical, timings=timings, metrics=metrics)
 
 
-def write_outputs(result: Reconstruction, out_dir: Path, config: PipelineConfig, extra: dict | None = None) -> dict:
-    """Mesh files + ``metrics.json`` into ``out_dir``; returns the metrics written."""
+def write_outputs(
+    result: Reconstruction,
+    out_dir: Path,
+    config: PipelineConfig,
+    extra: dict | None = None,
+    hooks: Hooks | None = None,
+) -> dict:
+    """Mesh files + ``metrics.json`` into ``out_dir`` (created here, when there is something to write); returns the
+    metrics written.
+
+    ``hooks`` gets one last cancel point (stage ``write``) before anything is written; after it the files are
+    written as a group. Should writing fail or be interrupted (Ctrl+C) part-way, the files this call wrote are
+    removed again, and the folder too if this call created it and it is left empty.
+    """
+    if hooks is not None:
+        hooks.report("write", 0, 1, f"writing {out_dir}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    files = export_mesh(result.mesh, out_dir, config.export)
-    metrics = dict(
-        result.metrics,
-        warnings=result.warnings,
-        timings=result.timings,
-        files={k: str(p.name) for k, p in files.items()},
-    )
-    if extra:
-        metrics.update(extra)
-    write_json_atomic(out_dir / "metrics.json", metrics)
+    created = not out_dir.exists()
+    written: list[Path] = []
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = export_mesh(result.mesh, out_dir, config.export)
+        written += files.values()
+        metrics = dict(
+            result.metrics,
+            warnings=result.warnings,
+            timings=result.timings,
+            files={k: str(p.name) for k, p in files.items()},
+        )
+        if extra:
+            metrics.update(extra)
+        write_json_atomic(out_dir / "metrics.json", metrics)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        raise
     return metrics

@@ -17,6 +17,22 @@ from .errors import Cancelled
 ProgressFn = Callable[[str, int, int, str], None]
 """(stage, step, total, message) → None."""
 
+STAGES: dict[str, str] = {
+    "scene": "the demo renders its procedural object",
+    "checkpoint": "reading the GTR weights",
+    "normalise": "the gtr method's canonical frame (its visual hull reports as hull)",
+    "hull": "visual-hull carving, per view",
+    "fit": "the field fit (and the gtr method's polish), every 10 steps",
+    "generate": "the GTR generator, per transformer block",
+    "extract": "depth maps per view, density grid per chunk, marching cubes, clean-up",
+    "refine": "surface samples per view, then texture-refinement iterations",
+    "bake": "colours per chunk (UV unwrap and atlas rasterisation before them)",
+    "metrics": "training PSNR, per view",
+    "evaluate": "held-out mesh renders and volume renders, per view; geometry scores",
+    "write": "the last cancel point before output files are written",
+}
+"""Every stage name passed to :meth:`Hooks.report`, with what reports under it (one place; docs list the same)."""
+
 
 class StageTimer:
     """Wall seconds per stage: :meth:`lap` records the time since the previous lap under a stage name,

@@ -7,6 +7,10 @@ Two implementations produce the same :class:`Fragments`:
 * nvdiffrast (optional accelerator, CUDA only, imported lazily here and nowhere else), used by
   ``backend="auto"`` when ``import nvdiffrast.torch`` works and the inputs live on a CUDA device.
 
+Triangle ids: the torch rasteriser keeps them as int64 (packed with the depth into one int64 z-buffer key, so ids
+up to 2**32 − 1 are exact). nvdiffrast hands them back in a float32 channel, exact only up to 2**24, so meshes
+with more triangles than :data:`NV_MAX_TRIANGLES` are rasterised in batches and merged by depth.
+
 Conventions (see :mod:`backend.cameras`): pixel (i, j) = (column, row) has its centre at (i + 0.5, j + 0.5) and
 coverage is decided at pixel centres only (no anti-aliasing). A pixel centre lying exactly on an edge is covered
 (a tiny tolerance makes meshes watertight: a pixel on a shared edge is never missed by both triangles).
@@ -211,6 +215,8 @@ def _torch_rasterize(
     """Rasterise screen-space triangles. ``xy`` (N, 2) float64 pixels; ``z`` (N,) float64 camera depth or None."""
     device = xy.device
     M = faces.shape[0]
+    if M >= 1 << 32:  # ids share an int64 z-buffer key with the depth bits (see _raster_block)
+        raise ValueError(f"the torch rasteriser takes fewer than 2**32 triangles, got {M}")
     p = xy[faces]  # (M, 3, 2) float64
     x0, y0 = p[:, 0, 0], p[:, 0, 1]
     x1, y1 = p[:, 1, 0], p[:, 1, 1]
@@ -435,30 +441,76 @@ def _clip_2d(xy: torch.Tensor, H: int, W: int) -> torch.Tensor:
     return torch.cat([ndc, torch.zeros_like(ones), ones], dim=1)
 
 
+NV_MAX_TRIANGLES = (1 << 24) - 1
+"""Most triangles given to one nvdiffrast call. nvdiffrast returns triangle index + 1 in a float32 channel, which
+holds integers exactly only up to 2**24; larger meshes are rasterised in batches and merged by depth."""
+
+
 def _nvdiffrast_call(
     clip: torch.Tensor, faces: torch.Tensor, valid: torch.Tensor, H: int, W: int, vertex_z: torch.Tensor | None
 ) -> Fragments:
-    """Rasterise clip-space vertices (N, 4) with the faces where ``valid``; ids are mapped back to ``faces``."""
+    """Rasterise clip-space vertices (N, 4) with the faces where ``valid``; ids are mapped back to ``faces``.
+
+    Meshes with more than :data:`NV_MAX_TRIANGLES` kept faces go through :func:`rasterize_in_batches`.
+    """
     import nvdiffrast.torch as dr
 
     device = clip.device
     kept = torch.nonzero(valid).squeeze(1)
     if kept.numel() == 0:
         return _empty(H, W, device)
-    tri = faces[kept].to(torch.int32).contiguous()
+    kept_faces = faces[kept]
+    tri = kept_faces.to(torch.int32).contiguous()
     pos = clip.to(torch.float32).unsqueeze(0).contiguous()
-    rast, _ = dr.rasterize(_nvdiffrast_context(device), pos, tri, resolution=[H, W], grad_db=False)
-    rast = rast[0]
+    ctx = _nvdiffrast_context(device)
+
+    def batch(start: int, stop: int) -> Fragments:
+        rast, _ = dr.rasterize(ctx, pos, tri[start:stop].contiguous(), resolution=[H, W], grad_db=False)
+        return _fragments_from_rast(rast[0], kept_faces[start:stop], vertex_z)
+
+    merged = rasterize_in_batches(int(kept.numel()), batch, NV_MAX_TRIANGLES)
+    local = merged.triangle_id
+    tid = torch.where(local >= 0, kept[local.clamp_min(0)], torch.full_like(local, -1))
+    return Fragments(tid, merged.barycentric, merged.depth)
+
+
+def _fragments_from_rast(rast: torch.Tensor, faces: torch.Tensor, vertex_z: torch.Tensor | None) -> Fragments:
+    """nvdiffrast's (H, W, 4) output → Fragments with ids local to ``faces`` (the faces given to that call)."""
+    H, W = int(rast.shape[0]), int(rast.shape[1])
     local = rast[..., 3].round().long() - 1  # nvdiffrast: triangle index + 1, 0 = empty
     covered = local >= 0
-    tid = torch.where(covered, kept[local.clamp_min(0)], torch.full_like(local, -1))
     u, v = rast[..., 0], rast[..., 1]
     # nvdiffrast's (u, v) weight corners 0 and 1; corner 2 gets 1 - u - v. Already perspective-correct.
-    bary = torch.stack([u, v, 1.0 - u - v], dim=-1) * covered[..., None]
-    bary = bary.to(torch.float32)
+    bary = (torch.stack([u, v, 1.0 - u - v], dim=-1) * covered[..., None]).to(torch.float32)
     if vertex_z is None:
-        depth = torch.zeros((H, W), dtype=torch.float32, device=device)
+        depth = torch.zeros((H, W), dtype=torch.float32, device=rast.device)
     else:
-        zc = vertex_z.to(torch.float32)[faces[tid.clamp_min(0)]]  # (H, W, 3)
+        zc = vertex_z.to(torch.float32)[faces[local.clamp_min(0)]]  # (H, W, 3)
         depth = ((bary * zc).sum(dim=-1) * covered).to(torch.float32)
-    return Fragments(tid, bary.contiguous(), depth.contiguous())
+    return Fragments(local, bary.contiguous(), depth.contiguous())
+
+
+def rasterize_in_batches(count: int, rasterize_batch, limit: int) -> Fragments:
+    """Rasterise ``count`` triangles in consecutive batches of at most ``limit`` and keep the nearest fragment.
+
+    ``rasterize_batch(start, stop)`` rasterises triangles ``start .. stop - 1`` and returns :class:`Fragments`
+    whose ids are local to the batch (0 .. stop - start - 1, -1 where empty). The result's ids run over
+    0 .. count - 1. Per pixel the smallest ``depth`` wins; on equal depth (and for 2-D rasterisation, where depth
+    is 0) the earlier batch keeps the pixel. One batch is returned as it came.
+    """
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    merged: Fragments | None = None
+    for start in range(0, max(count, 1), limit):
+        part = rasterize_batch(start, min(start + limit, count))
+        tid = torch.where(part.mask, part.triangle_id + start, part.triangle_id)
+        if merged is None:
+            merged = Fragments(tid, part.barycentric, part.depth)
+            continue
+        take = part.mask & (~merged.mask | (part.depth < merged.depth))
+        merged = Fragments(
+            torch.where(take, tid, merged.triangle_id),
+            torch.where(take[..., None], part.barycentric, merged.barycentric),
+            torch.where(take, part.depth, merged.depth),
+        )
+    return merged

@@ -45,15 +45,19 @@ class SceneConfig:
     size: int = 128
     """Image width = height in pixels."""
     train_views: int = 16
+    """Views on the training ring (the inputs)."""
     test_views: int = 4
+    """Held-out views, between the training azimuths."""
     radius: float = 4.0
     """Camera distance from the origin (the object fits in about [-1, 1]³)."""
     fov_degrees: float = 30.0
+    """Full field of view of the square views."""
     seed: int = 0
     """Seeds the small random jitter of the camera azimuths (0 = the canonical, evenly spaced rings)."""
     grid: int = 160
     """Marching-cubes lattice points per axis for the ground-truth mesh."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """sRGB colour of the views where the object is absent (alpha 0)."""
 
 
 @dataclass

@@ -54,3 +54,6 @@ class Job:
     bounds: Bounds | None = None
     options: dict = field(default_factory=dict)
     source: str = ""
+    warnings: list[str] = field(default_factory=list)
+    """What the loader noticed but accepted (unknown option keys, repeated images); ``pipeline.reconstruct``
+    copies them into the result's warnings (``metrics.json``)."""

@@ -236,3 +236,173 @@ def test_device_cuda_without_cuda(tmp_path):
     proc = run_cli("reconstruct", job, "--output", out, "--device", "cuda", "--quiet")
     line = assert_input_error(proc, out, None, "cuda")
     assert "--device cpu" in line, line
+
+
+# --------------------------------------------------------------- options, masks, cameras, output folder (issue 7)
+
+TINY_RUN = ("--fit-steps", "30", "--mesh-resolution", "32", "--refine-iterations", "0", "--quiet")
+"""Flags that keep a run that gets past the checks short (seconds), so a check that is missing fails quickly."""
+
+
+def write_scene_job(root: Path, size: int = 48, views: int = 8, options: dict | None = None) -> tuple[Path, list]:
+    """The procedural object's training views as a job.json (RGBA images, no bounds); returns it and its entries."""
+    from backend.synthetic import SceneConfig, make_scene
+
+    root.mkdir(parents=True, exist_ok=True)
+    scene = make_scene(SceneConfig(size=size, train_views=views, test_views=1))
+    entries = []
+    for n, view in enumerate(scene.train):
+        rgba = np.dstack([view.rgb, view.mask])
+        Image.fromarray((np.clip(rgba, 0, 1) * 255 + 0.5).astype(np.uint8), "RGBA").save(root / f"s{n}.png")
+        w2c, K = view.camera.world_to_camera.tolist(), view.camera.K.tolist()
+        entries.append({"image": f"s{n}.png", "name": f"s{n}", "world_to_camera": w2c, "K": K})
+    path = root / "job.json"
+    path.write_text(json.dumps({"version": 1, "views": entries, "options": options or {}}))
+    return path, entries
+
+
+@pytest.mark.parametrize(
+    "flags, phrase",
+    [
+        (("--faces", "-5"), "faces"),
+        (("--texture-size", "0"), "texture_size"),
+        (("--texture-size", "100000"), "texture_size"),
+        (("--fit-seconds", "0"), "fit_seconds"),
+        (("--device", "cuda:abc"), "unknown device"),
+    ],
+)
+def test_bad_option_fails_before_any_work(tmp_path, flags, phrase):
+    """Each value was accepted and crashed with a traceback after 30-110 s of work; now: exit 2 at once."""
+    job = write_job(tmp_path / "job")
+    out = tmp_path / "out"
+    proc = run_cli("reconstruct", job, "--output", out, "--texture", "uv", *flags, "--quiet", timeout=30.0)
+    assert_input_error(proc, out, None, phrase)
+    assert not out.exists()
+    proc = run_cli("demo", "--output", out, *flags, "--quiet", timeout=30.0)
+    assert_input_error(proc, out, None, phrase)
+
+
+def test_bad_option_is_fast(tmp_path):
+    """In-process, so the interpreter's start-up does not count: the check runs before anything is loaded."""
+    import time
+
+    from backend.cli import main
+
+    job = write_job(tmp_path / "job")
+    start = time.perf_counter()
+    code = main(["reconstruct", str(job), "--output", str(tmp_path / "out"), "--faces", "-5", "--quiet"])
+    seconds = time.perf_counter() - start
+    assert code == 2
+    assert seconds < 0.5  # measured 0.0026 s in-process (the run it stops took 30-110 s); margin for a loaded CI
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_option_in_job_json(tmp_path):
+    job = write_job(tmp_path / "job")
+    doc = json.loads(job.read_text())
+    doc["options"] = {"texture_size": 0}
+    job.write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    proc = run_cli("reconstruct", job, "--output", out, "--quiet", timeout=30.0)
+    assert_input_error(proc, out, None, "texture_size", "job.json")
+
+
+def test_failed_run_leaves_no_output_folder(tmp_path):
+    job = write_job(tmp_path / "job", image="missing.png", name="v1")
+    out = tmp_path / "deep" / "out"
+    proc = run_cli("reconstruct", job, "--output", out, "--quiet")
+    assert_input_error(proc, out, "v1", "not found")
+    assert not (tmp_path / "deep").exists()
+
+
+def test_empty_mask_names_the_view(tmp_path):
+    job = write_job(tmp_path / "job")
+    Image.fromarray(np.zeros((SIZE, SIZE, 4), np.uint8), "RGBA").save(tmp_path / "job" / "v1.png")  # alpha all 0
+    out = tmp_path / "out"
+    proc = run_cli("reconstruct", job, "--output", out, *TINY_RUN)
+    assert_input_error(proc, out, "v1", "mask is empty")
+
+
+def test_camera_looking_away_without_bounds(tmp_path):
+    """Without bounds the object's box comes from the masks; a camera facing away must not pass silently."""
+    job, entries = write_scene_job(tmp_path / "job")
+    w2c = np.asarray(entries[3]["world_to_camera"])
+    centre = -w2c[:3, :3].T @ w2c[:3, 3]
+    entries[3]["world_to_camera"] = look_at(centre, 2.0 * centre).tolist()  # faces straight away from the object
+    job.write_text(json.dumps({"version": 1, "views": entries}))
+    out = tmp_path / "out"
+    proc = run_cli("reconstruct", job, "--output", out, *TINY_RUN)
+    assert_input_error(proc, out, "s3", "behind the camera", "visual hull")
+    assert "(#3)" in proc.stderr
+
+
+def typo_and_repeat_job(root: Path) -> tuple[Path, list]:
+    """The scene job with a typo in its options (``fit_stepz``) and view s0's image used again as 'again'."""
+    job, entries = write_scene_job(root, size=32, views=6, options={"fit_stepz": 5})
+    entries.append(dict(entries[0], name="again"))
+    doc = json.loads(job.read_text())
+    doc["views"] = entries
+    job.write_text(json.dumps(doc))
+    return job, entries
+
+
+def check_typo_and_repeat(warnings: list[str], views: int) -> None:
+    typo = [w for w in warnings if "fit_stepz" in w]
+    repeat = [w for w in warnings if "same image" in w]
+    assert len(typo) == 1 and "did you mean 'fit_steps'" in typo[0] and "known options: preset," in typo[0], warnings
+    assert len(repeat) == 1 and "'s0' (#0)" in repeat[0] and f"'again' (#{views - 1})" in repeat[0], warnings
+
+
+def test_unknown_option_and_repeated_image_warn_on_stderr(tmp_path):
+    """Both are accepted with a warning printed as soon as the job is loaded (here the run then stops at a camera
+    that looks away, so the check stays cheap)."""
+    job, entries = typo_and_repeat_job(tmp_path / "job")
+    w2c = np.asarray(entries[2]["world_to_camera"])
+    centre = -w2c[:3, :3].T @ w2c[:3, 3]
+    entries[2]["world_to_camera"] = look_at(centre, 2.0 * centre).tolist()
+    doc = json.loads(job.read_text())
+    doc["views"] = entries
+    job.write_text(json.dumps(doc))
+    out = tmp_path / "out"
+    proc = run_cli("reconstruct", job, "--output", out, *TINY_RUN)
+    assert_input_error(proc, out, "s2", "behind the camera")
+    printed = [line[len("warning: ") :] for line in proc.stderr.splitlines() if line.startswith("warning: ")]
+    check_typo_and_repeat(printed, len(entries))
+
+
+def test_job_warnings_reach_metrics_json(tmp_path):
+    """``pipeline.reconstruct`` carries the loader's warnings into the result, and ``metrics.json`` lists them."""
+    from dataclasses import replace
+
+    import torch
+
+    from backend.inputs import load_job
+    from backend.pipeline import PRESETS, reconstruct, write_outputs
+
+    path, entries = typo_and_repeat_job(tmp_path / "job")
+    job = load_job(path)
+    assert job.options == {} and len(job.views) == len(entries)
+    check_typo_and_repeat(job.warnings, len(entries))
+    draft = PRESETS["draft"]  # shrunk far below draft: only the warnings matter here
+    config = replace(
+        draft,
+        normalise=replace(draft.normalise, hull_resolution=32),
+        fit=replace(draft.fit, steps=10, rays_per_step=256, hull_resolution=32,
+                    field=replace(draft.fit.field, resolution=32, channels=4)),
+        extract=replace(draft.extract, resolution=32),
+        refine=replace(draft.refine, iterations=0),
+    )
+    result = reconstruct(job, config, torch.device("cpu"))
+    assert result.warnings[: len(job.warnings)] == job.warnings
+    write_outputs(result, tmp_path / "out", config)
+    check_typo_and_repeat(json.loads((tmp_path / "out" / "metrics.json").read_text())["warnings"], len(entries))
+
+
+@pytest.mark.parametrize("device", ["cuda:abc", "gpu", f"cuda:{__import__('torch').cuda.device_count()}"])
+def test_device_out_of_range_or_malformed(tmp_path, device):
+    """``cuda:N`` with N ≥ the GPU count (any N without CUDA) and malformed names: exit 2 before any work."""
+    job = write_job(tmp_path / "job")
+    out = tmp_path / "out"
+    proc = run_cli("reconstruct", job, "--output", out, "--device", device, "--quiet", timeout=30.0)
+    line = assert_input_error(proc, out, None, device)
+    assert "cuda:N" in line or "--device cpu" in line or "cuda:0" in line, line

@@ -1,6 +1,7 @@
 """Mesh extraction (fused depth / density iso-surface, clean-up, decimation) and normalisation on analytic scenes."""
 
 import numpy as np
+import pytest
 import torch
 import trimesh
 
@@ -98,15 +99,64 @@ def test_bounds_from_masks_find_an_off_centre_object():
     for i, cam in enumerate(orbit_cameras(10, 2.5, 40.0, 64, elevations_degrees=(25.0, -15.0), target=centre)):
         mask = rasterize(verts, faces, cam).mask.float().numpy()
         views.append(View(f"v{i}", cam, np.zeros((64, 64, 3), np.float32), mask))
-    canonical, norm, bounds = normalise(views, None, NormaliseConfig(), "cpu")
+    canonical, frame, bounds = normalise(views, None, NormaliseConfig(), "cpu")
     assert np.allclose(bounds.centre, centre, atol=0.03)
     assert np.all(bounds.size > 2 * radius * 0.95) and np.all(bounds.size < 2 * radius * 1.35)
     # The object now sits in the middle of the canonical box, filling most of it.
-    p = norm.to_canonical_points(centre[None])[0]
+    p = frame.to_canonical_points(centre[None])[0]
     assert np.allclose(p, 0, atol=0.1)
-    assert 0.6 < radius / norm.scale < 1.0
+    assert 0.6 < radius * frame.scale < 1.0  # canonical units per world unit
     # Cameras move with the world: the object's centre still projects to the image centre.
     from backend.cameras import project
 
     uv, _ = project(canonical[0].camera, np.zeros((1, 3)))
     assert np.allclose(uv, 32, atol=0.5)
+
+
+def test_extraction_loops_report_and_honour_cancel():
+    """Depth maps report per view and check per chunk of rays; the density grid reports per chunk; a cancel stops
+    the loop at the next chunk or view."""
+    from backend.errors import Cancelled
+    from backend.extract import density_grid
+    from backend.progress import Hooks
+
+    class CountingSphere(SphereField):
+        calls = 0
+
+        def density(self, p):
+            CountingSphere.calls += 1
+            return super().density(p)
+
+    seen = []
+    hooks = Hooks(progress=lambda stage, step, total, message: seen.append((stage, step, total, message)))
+    density_grid(CountingSphere(0.5), None, 16, 1000, hooks)
+    assert [(s, step, total) for s, step, total, _ in seen] == [("extract", n, 5) for n in range(5)]  # 16³ / 1000
+    assert CountingSphere.calls == 5
+
+    def cancel_at_chunk(stage, step, total, message):
+        if step == 1:
+            hooks.cancel()
+
+    hooks = Hooks(progress=cancel_at_chunk)
+    CountingSphere.calls = 0
+    with pytest.raises(Cancelled):
+        density_grid(CountingSphere(0.5), None, 16, 1000, hooks)
+    assert CountingSphere.calls == 2  # chunks 0 and 1 ran, chunk 2 never started
+
+    seen.clear()
+    hooks = Hooks(progress=lambda stage, step, total, message: seen.append((stage, step, total, message)))
+    views = ring_views()
+    extract(SphereField(0.5), None, ExtractConfig(resolution=24, depth_map_size=32), hooks, views=views)
+    depth_reports = [(step, total) for _, step, total, message in seen if message.startswith("depth map")]
+    assert depth_reports == [(n, len(views)) for n in range(len(views))]
+
+    def cancel_at_third_view(stage, step, total, message):
+        seen.append(message)
+        if message.startswith("depth map 3/"):
+            hooks.cancel()
+
+    seen = []
+    hooks = Hooks(progress=cancel_at_third_view)
+    with pytest.raises(Cancelled):
+        extract(SphereField(0.5), None, ExtractConfig(resolution=24, depth_map_size=32), hooks, views=views)
+    assert seen[-1] == f"depth map 3/{len(views)}"  # stopped inside the depth-map loop: no 4th view, no meshing

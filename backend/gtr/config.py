@@ -11,18 +11,27 @@ class GeneratorConfig:
     """GeneratorV3 hyper-parameters (names follow the official config)."""
 
     in_channels: int = 10
+    """Input channels per pixel: RGB, ray direction, ray moment d × o, alpha (10)."""
     plane_resolution: int = 32
     """Side of the learned triplane token grid (r)."""
     out_channels: int = 40
     """Triplane feature channels (K)."""
     patch_size: int = 16
+    """Side of the square image patches that become tokens."""
     model_channels: int = 1024
+    """Transformer width."""
     num_layers: int = 24
+    """Transformer blocks."""
     num_heads: int = 16
+    """Attention heads per block."""
     num_head_channels: int = 64
+    """Channels per attention head."""
     upsample_factor: int = 8
+    """Pixel-shuffle factor from the token grid to the triplane (r · factor = triplane side)."""
     gated_ff: bool = True
+    """GEGLU feed-forward (True) or plain GELU MLP (False)."""
     img_token_normalization: bool = True
+    """LayerNorm on the image tokens after the patch convolution."""
 
     @property
     def triplane_resolution(self) -> int:
@@ -34,10 +43,15 @@ class DecoderConfig:
     """Triplane decoder (SeparateField): per-plane channels, MLP depth and width, colour saturation."""
 
     channels: int = 40
+    """Feature channels per plane (the triplane's K)."""
     num_layers_sigma: int = 3
+    """Linear layers of the density MLP."""
     num_layers_color: int = 4
+    """Linear layers of the colour MLP."""
     layer_width: int = 32
+    """Hidden width of both MLPs."""
     sigmoid_saturation: float = 0.001
+    """Colour range stretch s: rgb = sigmoid(z)·(1 + 2s) − s."""
 
     @property
     def in_dim(self) -> int:
@@ -49,12 +63,17 @@ class ModelConfig:
     """A GTR model: generator + decoder, plus the settings its inference uses."""
 
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    """The image-to-triplane transformer."""
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    """The triplane decoder (density and colour MLPs)."""
     input_size: int = 512
     """Square input image side the generator was trained on."""
     samples_per_ray: int = 256
+    """Volume-rendering samples per ray (official renderer)."""
     min_near: float = 0.2
+    """Nearest sample distance along a ray, canonical units."""
     mesh_resolution: int = 256
+    """Marching-cubes grid side of the released recipe."""
     mesh_level: float = 10.0
     """Density iso-level of the extracted surface."""
 
@@ -88,6 +107,7 @@ class RefineSettings:
     """The official texture refinement (``refine_texture``) and its optimiser."""
 
     iterations: int = 50
+    """Refinement steps (official: 50)."""
     raster_size: int = 1024
     """Rasterisation side in the input views; the prediction is resized to the input size for the loss."""
     code_lr: float = 0.15
@@ -95,13 +115,19 @@ class RefineSettings:
     lr: float = 1e-4
     """Peak learning rate of the colour MLP (cosine schedule below)."""
     betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
     eps: float = 1e-8
+    """AdamW epsilon."""
     weight_decay: float = 0.05
+    """AdamW weight decay (colour-MLP weights and the triplane; not the biases)."""
     grad_clip: float = 1.0
     """Total-norm clip on the colour-MLP gradients (the triplane's are not clipped)."""
     warm_up_end: int = 1
+    """Scheduler steps of linear warm-up of the colour-MLP learning rate."""
     schedule_alpha: float = 0.05
+    """Final colour-MLP learning rate as a fraction of ``lr`` (cosine decay)."""
     schedule_steps: int = 500
+    """Scheduler steps over which the cosine decay runs."""
 
     def mlp_lr(self, step: int) -> float:
         """Colour-MLP learning rate at scheduler step ``step`` (0-based): zero during warm-up, then cosine decay

@@ -48,7 +48,8 @@ class GTRField(nn.Module):
         )
 
     def on(self, planes: torch.Tensor) -> TriplaneField:
-        """A TriplaneField over ``planes`` (3, K, R, R) that shares (not copies) this field's MLPs."""
+        """A TriplaneField over ``planes`` (3, K, R, R), or a batch (B, 3, K, R, R), that shares (not copies) this
+        field's MLPs. The planes are used as given, so gradients flow back to whatever produced them."""
         mlps = self.decoder.field
         return TriplaneField(self.field_config(planes.shape[-1]), planes=planes, mlp_sigma=mlps.mlp_sigma,
                              mlp_color=mlps.mlp_color)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..progress import Hooks
 from .config import GeneratorConfig
 
 
@@ -114,14 +115,21 @@ class Generator(nn.Module):
         p = self.planes.expand(batch, -1, -1, -1, -1).permute(0, 1, 3, 4, 2)
         return p.reshape(batch, -1, p.shape[-1])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, hooks: Hooks | None = None) -> torch.Tensor:
+        """``hooks`` (optional) gets a progress report, and a cancel point, before each transformer block (stage
+        ``generate``); the arithmetic is the same with or without them."""
         B = x.shape[0]
         r, C = self.config.plane_resolution, self.config.model_channels
         planes = self.plane_tokens(B)
         n_plane = planes.shape[1]
         tokens = torch.cat([planes, self.image_tokens(x)], dim=1)
-        for block in self.attn_layers:
+        n_blocks = len(self.attn_layers)
+        for n, block in enumerate(self.attn_layers):
+            if hooks is not None:
+                hooks.report("generate", n, n_blocks, f"transformer block {n + 1}/{n_blocks}")
             tokens = block(tokens)
+        if hooks is not None:
+            hooks.report("generate", n_blocks, n_blocks, "triplanes")
         planes = self.norm2(tokens[:, :n_plane])
         planes = planes.view(B, 3, r, r, C).permute(0, 1, 4, 2, 3).reshape(B * 3, C, r, r)
         out = self.out(planes)

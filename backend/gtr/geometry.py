@@ -13,6 +13,7 @@ import torch
 
 from ..field import TriplaneField
 from ..marching_cubes import marching_cubes
+from ..progress import Hooks
 
 
 def grid_points(resolution: int, device=None) -> torch.Tensor:
@@ -21,11 +22,29 @@ def grid_points(resolution: int, device=None) -> torch.Tensor:
     return torch.stack(torch.meshgrid(g, g, g, indexing="ij"), dim=-1).reshape(-1, 3)
 
 
-@torch.no_grad()
-def density_grid(field: TriplaneField, resolution: int, chunk: int = 1 << 21) -> torch.Tensor:
-    """σ at :func:`grid_points`, shaped (N, N, N) and indexed [ix, iy, iz]."""
+def density_grid(
+    field: TriplaneField, resolution: int, chunk: int = 1 << 21, grad: bool = False, hooks: Hooks | None = None
+) -> torch.Tensor:
+    """σ at :func:`grid_points`, shaped (N, N, N) and indexed [ix, iy, iz]; a batched field gives (B, N, N, N).
+
+    ``grad``: keep the autograd graph (for training through marching cubes); by default no graph is built.
+    ``hooks``: a progress report (stage ``extract``) and cancel point before each chunk; values do not depend on it.
+    """
+    hooks = hooks or Hooks()
+
+    def chunks(parts: tuple[torch.Tensor, ...]):
+        for n, part in enumerate(parts):
+            hooks.report("extract", n, len(parts), f"density grid {resolution}³")
+            yield field.density(part)
+
     pts = grid_points(resolution, field.planes.device)
-    sigma = torch.cat([field.density(p) for p in pts.split(chunk)])
+    with torch.set_grad_enabled(grad):
+        if field.planes.dim() == 5:
+            batch = field.planes.shape[0]
+            pts = pts.expand(batch, -1, -1)
+            sigma = torch.cat(list(chunks(pts.split(chunk, dim=1))), dim=1)
+            return sigma.view(batch, resolution, resolution, resolution)
+        sigma = torch.cat(list(chunks(pts.split(chunk))))
     return sigma.view(resolution, resolution, resolution)
 
 

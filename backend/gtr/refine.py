@@ -3,9 +3,11 @@
 The mesh is rasterised once into every input view (surface point and coverage per pixel). Then, each iteration,
 the colour MLP is evaluated at the covered pixels' surface points on a white image, the image is resized to the
 input size (bilinear), and the mean L1 error against the inputs (composited on white) updates the triplane (a free
-parameter, constant lr 0.15) and the colour MLP (AdamW, cosine schedule, grad-norm clip 1). Density MLP and
-generator stay fixed. The official run wraps the loss in a GradScaler whose power-of-two scale is exact in float32;
-here a step whose gradients are not finite is skipped, which is the only effect the scaler has.
+parameter, constant lr 0.15) and the colour MLP (AdamW, cosine schedule, grad-norm clip 1). Exactly these two are
+trained, whatever ``requires_grad`` state they arrive with (a loaded model comes frozen); their states are restored
+afterwards. Density MLP and generator stay fixed. The official run wraps the loss in a GradScaler whose
+power-of-two scale is exact in float32; here a step whose gradients are not finite is skipped, which is the only
+effect the scaler has.
 """
 
 from __future__ import annotations
@@ -17,18 +19,29 @@ import torch
 import torch.nn.functional as F
 
 from ..cameras import Camera
-from ..field import TriplaneField
+from ..field import TriplaneField, requires_grad
 from ..progress import Hooks
 from ..raster import interpolate, rasterize
 from .config import RefineSettings
+
+
+@dataclass(frozen=True)
+class StepLRs:
+    """Learning rates of the optimiser's parameter groups, read from the optimiser at one step."""
+
+    mlp_decay: float
+    """Colour-MLP weights (weight decay on)."""
+    mlp_no_decay: float
+    """Colour-MLP biases (no weight decay)."""
+    triplane: float
 
 
 @dataclass
 class RefineTrace:
     losses: list[float] = field(default_factory=list)
     """L1 loss of each iteration, before its update."""
-    lrs: list[tuple[float, float]] = field(default_factory=list)
-    """(colour-MLP lr, triplane lr) used by each iteration's step."""
+    lrs: list[StepLRs] = field(default_factory=list)
+    """The learning rates each iteration's step used (skipped steps have none)."""
     skipped: int = 0
     seconds: float = 0.0
 
@@ -50,15 +63,15 @@ def surface_points(
     return torch.stack(pts), torch.stack(masks)
 
 
-def _optimiser(field: TriplaneField, settings: RefineSettings) -> torch.optim.AdamW:
+def _optimiser(field: TriplaneField, planes: torch.Tensor, settings: RefineSettings) -> torch.optim.AdamW:
     weights = [p for n, p in field.mlp_color.named_parameters() if n.endswith("weight")]
     biases = [p for n, p in field.mlp_color.named_parameters() if not n.endswith("weight")]
     return torch.optim.AdamW(
         [
-            {"params": weights, "weight_decay": settings.weight_decay, "scheduled": True},
-            {"params": biases, "weight_decay": 0.0, "scheduled": True},
-            {"params": [field.planes], "weight_decay": settings.weight_decay, "lr": settings.code_lr,
-             "scheduled": False},
+            {"params": weights, "weight_decay": settings.weight_decay, "scheduled": True, "name": "mlp_decay"},
+            {"params": biases, "weight_decay": 0.0, "scheduled": True, "name": "mlp_no_decay"},
+            {"params": [planes], "weight_decay": settings.weight_decay, "lr": settings.code_lr,
+             "scheduled": False, "name": "triplane"},
         ],
         lr=settings.lr,
         betas=settings.betas,
@@ -85,36 +98,38 @@ def refine(
     """Optimise ``field.planes`` and ``field.mlp_color`` in place so the mesh colours match ``targets``.
 
     ``tex_pts``/``mask`` from :func:`surface_points`; ``targets`` (V, H, W, 3) input images on white in [0, 1].
+    Given (e.g. generated) planes are first replaced by a detached copy (:meth:`TriplaneField.trainable_planes`).
     """
     hooks = hooks or Hooks()
     trace = RefineTrace()
     start = time.perf_counter()
-    field.planes.requires_grad_(True)
-    opt = _optimiser(field, settings)
+    planes = field.trainable_planes()
     mlp_params = list(field.mlp_color.parameters())
     H, W = targets.shape[1:3]
-    for it in range(settings.iterations):
-        hooks.report("refine", it, settings.iterations, "texture refinement")
+    with requires_grad([planes, *mlp_params]):
+        opt = _optimiser(field, planes, settings)
+        for it in range(settings.iterations):
+            hooks.report("refine", it, settings.iterations, "texture refinement")
+            opt.zero_grad(set_to_none=True)
+            pred = render_colors(field, tex_pts, mask)
+            if pred.shape[1:3] != (H, W):
+                pred = F.interpolate(pred.permute(0, 3, 1, 2), size=(H, W), mode="bilinear", align_corners=False)
+                pred = pred.permute(0, 2, 3, 1)
+            loss = (pred - targets).abs().mean()
+            loss.backward()
+            trace.losses.append(float(loss.detach()))
+            grads = [p.grad for p in mlp_params + [planes] if p.grad is not None]
+            if not all(bool(torch.isfinite(g).all()) for g in grads):
+                trace.skipped += 1  # what the official GradScaler does with an overflow: no step, no scheduler step
+                continue
+            torch.nn.utils.clip_grad_norm_(mlp_params, settings.grad_clip)
+            mlp_lr = settings.mlp_lr(it - trace.skipped)
+            for group in opt.param_groups:
+                if group["scheduled"]:
+                    group["lr"] = mlp_lr
+            trace.lrs.append(StepLRs(**{g["name"]: g["lr"] for g in opt.param_groups}))
+            opt.step()
         opt.zero_grad(set_to_none=True)
-        pred = render_colors(field, tex_pts, mask)
-        if pred.shape[1:3] != (H, W):
-            pred = F.interpolate(pred.permute(0, 3, 1, 2), size=(H, W), mode="bilinear", align_corners=False)
-            pred = pred.permute(0, 2, 3, 1)
-        loss = (pred - targets).abs().mean()
-        loss.backward()
-        trace.losses.append(float(loss.detach()))
-        grads = [p.grad for p in mlp_params + [field.planes] if p.grad is not None]
-        if not all(bool(torch.isfinite(g).all()) for g in grads):
-            trace.skipped += 1  # what the official GradScaler does with an overflow: no step, no scheduler step
-            continue
-        torch.nn.utils.clip_grad_norm_(mlp_params, settings.grad_clip)
-        mlp_lr = settings.mlp_lr(it - trace.skipped)
-        for group in opt.param_groups:
-            if group["scheduled"]:
-                group["lr"] = mlp_lr
-        trace.lrs.append((mlp_lr, settings.code_lr))
-        opt.step()
     hooks.report("refine", settings.iterations, settings.iterations, "texture refinement")
-    field.planes.requires_grad_(False)
     trace.seconds = time.perf_counter() - start
     return trace

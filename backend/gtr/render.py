@@ -1,7 +1,9 @@
 """The official volume renderer (BaseNeRF): dense samples between the ray's entry and exit of the scene box.
 
 Not used by the official inference script, but part of the model: training renders with it, and the pipeline
-uses it for previews. Eval mode only (no jitter).
+uses it for previews. Eval mode only (no jitter). Rays may be batched, (B, N, 3) with a batched field (planes
+(B, 3, C, R, R)); every output then gains the leading B. Differentiable with respect to the field (and so to the
+generator that produced its planes).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class VolumeRender:
     def depth_median(self) -> torch.Tensor:
         """(N, 1) midpoint of the first sample whose cumulative weight reaches 0.5."""
         cum = torch.cumsum(self.weights, dim=-1)
-        half = torch.full_like(cum[:, :1], 0.5)
+        half = torch.full_like(cum[..., :1], 0.5)
         idx = torch.searchsorted(cum.contiguous(), half, right=False).clamp(max=cum.shape[-1] - 1)
         return torch.gather(self.t_mid, -1, idx)
 
@@ -55,11 +57,14 @@ def near_far(origins: torch.Tensor, dirs: torch.Tensor, bound: float = 1.0, min_
 
 
 def fill_misses(near: torch.Tensor, far: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rays that miss the box get the smallest valid near and the largest valid far (their density is zeroed)."""
-    if not bool(valid.any()):
-        return near, far
-    near = torch.where(valid, near, near[valid].min())
-    far = torch.where(valid, far, far[valid].max())
+    """Rays that miss the box get the smallest valid near and the largest valid far of their batch (their density
+    is zeroed). (..., N, 1) tensors; a batch without a valid ray is left as it is."""
+    inf = torch.full_like(near, float("inf"))
+    lowest = torch.where(valid, near, inf).amin(dim=(-2, -1), keepdim=True)
+    highest = torch.where(valid, far, -inf).amax(dim=(-2, -1), keepdim=True)
+    any_valid = valid.any(dim=-2, keepdim=True)
+    near = torch.where(valid | ~any_valid, near, lowest)
+    far = torch.where(valid | ~any_valid, far, highest)
     return near, far
 
 
@@ -71,23 +76,22 @@ def render_rays(
     min_near: float = 0.2,
     chunk: int = 1 << 20,
 ) -> VolumeRender:
-    """Render rays (N, 3) through the field with ``samples`` bin-midpoint samples per ray."""
+    """Render rays (N, 3), or (B, N, 3) through a batched field, with ``samples`` bin-midpoint samples per ray."""
     near, far, valid = near_far(origins, dirs, 1.0, min_near)
     near, far = fill_misses(near, far, valid)
     edges = torch.linspace(0.0, 1.0, samples + 1, device=origins.device, dtype=origins.dtype)
     t = edges * far + (1 - edges) * near  # (N, S+1)
-    t_mid = (t[:, 1:] + t[:, :-1]) / 2
-    delta = t[:, 1:] - t[:, :-1]
-    points = (origins[:, None] + dirs[:, None] * t_mid[..., None]).reshape(-1, 3)
-    sigma = torch.empty(points.shape[0], device=points.device, dtype=points.dtype)
-    rgb = torch.empty(points.shape[0], 3, device=points.device, dtype=points.dtype)
-    for start in range(0, points.shape[0], chunk):
-        sigma[start : start + chunk], rgb[start : start + chunk] = field(points[start : start + chunk])
+    t_mid = (t[..., 1:] + t[..., :-1]) / 2
+    delta = t[..., 1:] - t[..., :-1]
+    points = (origins[..., None, :] + dirs[..., None, :] * t_mid[..., None]).flatten(-3, -2)  # (..., N·S, 3)
+    outputs = [field(p) for p in points.split(chunk, dim=-2)]
+    sigma = torch.cat([o[0] for o in outputs], dim=-1)
+    rgb = torch.cat([o[1] for o in outputs], dim=-2)
     sigma = sigma.view(t_mid.shape) * valid
     rgb = torch.nan_to_num(rgb.view(*t_mid.shape, 3))
     tau = torch.where(delta > 0, sigma * delta, torch.zeros_like(delta))
     alpha = 1 - torch.exp(-tau)
-    transmittance = torch.exp(-torch.cumsum(torch.cat([torch.zeros_like(tau[:, :1]), tau[:, :-1]], -1), -1))
+    transmittance = torch.exp(-torch.cumsum(torch.cat([torch.zeros_like(tau[..., :1]), tau[..., :-1]], -1), -1))
     weights = torch.nan_to_num(alpha * transmittance)
     opacity = weights.sum(-1, keepdim=True)
     color = ((weights[..., None] * rgb).sum(-2) + (1 - opacity)).clamp(0, 1)

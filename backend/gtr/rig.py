@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from ..cameras import Camera, focal_from_fov, intrinsics, look_at
 from ..errors import InputError
+from ..frame import CanonicalFrame, frame_for_bounds
 from ..normalise import NormaliseConfig, bounds_from_masks
 from ..progress import Hooks
 from ..views import Bounds, View
@@ -71,6 +72,7 @@ class RigConfig:
     elevation_range: tuple[float, float] = (-10.0, 20.0)
     """Lowest and highest camera elevation above the canonical XZ plane, degrees."""
     views: int = 6
+    """Number of input views of the training rig."""
 
     # Warning tolerances.
     distance_ratio_range: tuple[float, float] = (0.67, 1.5)
@@ -93,55 +95,6 @@ class RigConfig:
             raise ValueError(f"object_extent must lie in (0, 1], got {self.object_extent}")
 
 
-@dataclass(frozen=True)
-class CanonicalFrame:
-    """The similarity world → canonical: ``canonical = scale · rotation · (world − centre)``.
-
-    ``rotation`` (3, 3) is proper (det +1) and takes the user's up axis to +Y; ``scale`` > 0 is canonical units per
-    world unit.
-    """
-
-    centre: np.ndarray
-    rotation: np.ndarray
-    scale: float
-
-    def to_canonical_points(self, points: np.ndarray) -> np.ndarray:
-        """(N, 3) world points → (N, 3) canonical points."""
-        return self.scale * (np.asarray(points, dtype=np.float64) - self.centre) @ self.rotation.T
-
-    def to_world_points(self, points: np.ndarray) -> np.ndarray:
-        """(N, 3) canonical points → (N, 3) world points."""
-        return (np.asarray(points, dtype=np.float64) / self.scale) @ self.rotation + self.centre
-
-    @property
-    def world_from_canonical(self) -> np.ndarray:
-        """(4, 4) float64 similarity canonical → world (scale included), e.g. for ``Mesh.transformed``."""
-        m = np.eye(4)
-        m[:3, :3] = self.rotation.T / self.scale
-        m[:3, 3] = self.centre
-        return m
-
-    @property
-    def canonical_from_world(self) -> np.ndarray:
-        """(4, 4) float64 inverse of :attr:`world_from_canonical`."""
-        m = np.eye(4)
-        m[:3, :3] = self.scale * self.rotation
-        m[:3, 3] = -self.scale * self.rotation @ self.centre
-        return m
-
-    def camera_to_canonical(self, camera: Camera) -> Camera:
-        """The same camera (same image, same projections) expressed in the canonical frame."""
-        world_from_rigid = np.eye(4)  # rigid part only: rigid = R · (world − centre); Camera.transformed scales
-        world_from_rigid[:3, :3] = self.rotation.T
-        world_from_rigid[:3, 3] = self.centre
-        return camera.transformed(world_from_rigid, self.scale)
-
-    def view_to_canonical(self, view: View) -> View:
-        """The view with its camera in the canonical frame (depth rescaled to canonical units)."""
-        depth = None if view.depth is None else view.depth * np.float32(self.scale)
-        return replace(view, camera=self.camera_to_canonical(view.camera), depth=depth)
-
-
 def up_rotation(up_axis: str) -> np.ndarray:
     """(3, 3) proper rotation taking the user's ``up_axis`` ("z" or "y") to +Y."""
     if up_axis not in _UP_TO_Y:
@@ -161,15 +114,6 @@ def require_masks(views: list[View]) -> None:
             )
 
 
-def frame_for_bounds(bounds: Bounds, config: RigConfig) -> CanonicalFrame:
-    """The canonical frame centring ``bounds`` and scaling its largest half-extent to ``config.object_extent``."""
-    half = float(np.max(np.asarray(bounds.size, dtype=np.float64))) / 2
-    if not np.isfinite(half) or half <= 0:
-        raise InputError("the bounds have zero or invalid size.", fix="give bounds with a positive size.")
-    centre = np.asarray(bounds.centre, dtype=np.float64).copy()
-    return CanonicalFrame(centre=centre, rotation=up_rotation(config.up_axis), scale=config.object_extent / half)
-
-
 def canonical_frame(
     views: list[View], bounds: Bounds | None, config: RigConfig, device, hooks: Hooks | None = None
 ) -> CanonicalFrame:
@@ -178,7 +122,7 @@ def canonical_frame(
         require_masks(views)
         with torch.no_grad():
             bounds = bounds_from_masks(views, NormaliseConfig(hull_resolution=config.hull_resolution), device, hooks)
-    return frame_for_bounds(bounds, config)
+    return frame_for_bounds(bounds, config.object_extent, up_rotation(config.up_axis))
 
 
 # ---------------------------------------------------------------------------------------------------------------

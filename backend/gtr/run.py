@@ -3,7 +3,8 @@
 Stages, as the official inference does them, around the user's cameras:
 1. move the views into the model's canonical frame (Y-up, object in [-1, 1]³) and make them square at the model's
    input size; warn about cameras unlike the training rig;
-2. generator → triplanes; optionally a short fit (``polish_steps``) adapts them to the views;
+2. generator → triplanes; optionally a short fit (``polish_steps``) adapts the triplane (not the decoder MLPs) to
+   the views;
 3. density on a grid, iso-level ``mesh_level``, marching cubes (official rule and vertex order);
 4. the official texture refinement (triplane + colour MLP, L1 against the inputs);
 5. vertex colours or a UV texture from the refined colour field; the mesh goes back to the user's world.
@@ -17,15 +18,18 @@ import numpy as np
 import torch
 
 from ..bake import BakeConfig, bake
+from ..cameras import Camera
 from ..errors import InputError
 from ..extract import decimate
 from ..fit import FitConfig, fit
 from ..mesh import Mesh
 from ..progress import Hooks, StageTimer
+from ..refine import texture_copy
 from ..views import Job, View
 from .checkpoint import Weights, build_model
 from .config import RefineSettings
 from .geometry import density_grid, extract_mesh
+from .precision import Precision, float32_precision
 from .rays import camera_tensors, generator_input, truncate_8bit
 from .refine import refine, surface_points
 from .rig import CanonicalFrame, RigConfig, canonical_frame, require_masks, rig_warnings, square_view
@@ -38,12 +42,21 @@ class GTRSettings:
     mesh_resolution: int | None = None
     """Marching-cubes grid side (None: the model's, 256 for the released one)."""
     refine: RefineSettings = field(default_factory=RefineSettings)
+    """The official texture refinement (iterations, raster size, optimiser, schedule)."""
     polish_steps: int = 0
-    """Volume-rendering fit steps on the generated triplane before meshing (0: none, as the official release)."""
+    """Volume-rendering fit steps on the generated triplane before meshing (0: none, as the official release).
+    Polish trains the triplane only: the density and colour MLPs are the network's decoder, shared by every
+    texel and calibrated to the generator's features and to ``mesh_level``; the colour MLP is adapted to the
+    object afterwards by the texture refinement, as in the official recipe."""
     polish_seconds: float | None = None
+    """Stop the polish fit after this much time (None: run all ``polish_steps``)."""
     rig: RigConfig = field(default_factory=RigConfig)
+    """The user's up axis, the canonical frame's scale and the training-rig warnings."""
     target_faces: int | None = None
     """Decimate to at most this many faces (None: keep the marching-cubes mesh, as the official release)."""
+    precision: Precision = "highest"
+    """Float32 matmul/convolution precision on CUDA (see ``gtr.precision``): "highest" (TF32 off, the precision
+    the parity tests check) or "tf32" (faster on Ampere+, about 1e-3 relative error). No effect on CPU."""
 
 
 @dataclass
@@ -53,6 +66,9 @@ class GTRResult:
     canonical_mesh: Mesh
     frame: CanonicalFrame
     field: torch.nn.Module
+    """The generated (and polished) field the mesh was extracted from; texture refinement does not change it."""
+    texture_field: torch.nn.Module
+    """The refined copy of ``field`` (own triplane and colour MLP) the colours were baked from."""
     views: list[View]
     """The square views in the canonical frame that the model saw."""
     warnings: list[str]
@@ -78,13 +94,26 @@ def reconstruct_gtr(
     device: torch.device,
     hooks: Hooks | None = None,
 ) -> GTRResult:
+    """Run the ``gtr`` method's stages under the float32 precision policy ``settings.precision``."""
+    with float32_precision(settings.precision):
+        return _reconstruct(job, weights, settings, bake_config, device, hooks)
+
+
+def _reconstruct(
+    job: Job,
+    weights: Weights,
+    settings: GTRSettings,
+    bake_config: BakeConfig,
+    device: torch.device,
+    hooks: Hooks | None = None,
+) -> GTRResult:
     hooks = hooks or Hooks()
     model = weights.config
     timer = StageTimer()
     lap = timer.lap
     require_masks(job.views)
     hooks.report("normalise", 0, 1, "canonical frame")
-    frame = canonical_frame(job.views, job.bounds, settings.rig, device)
+    frame = canonical_frame(job.views, job.bounds, settings.rig, device, hooks)
     views = [square_view(frame.view_to_canonical(v), model.input_size) for v in job.views]
     warnings = rig_warnings([v.camera for v in views], settings.rig)
     lap("normalise")
@@ -93,7 +122,7 @@ def reconstruct_gtr(
     generator, gtr_field = build_model(weights, device)
     targets, _, x = model_inputs(views)
     with torch.no_grad():
-        triplanes = generator(x.to(device))[0]
+        triplanes = generator(x.to(device), hooks=hooks)[0]
     del generator
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -101,13 +130,14 @@ def reconstruct_gtr(
     lap("generate")
 
     if settings.polish_steps > 0:
-        polish = FitConfig(steps=settings.polish_steps, max_seconds=settings.polish_seconds)
+        polish = FitConfig(steps=settings.polish_steps, max_seconds=settings.polish_seconds, train_mlps=False)
         fit(views, polish, device, hooks, field=tri_field)
+        tri_field.planes.requires_grad_(False)
         lap("polish")
 
     resolution = settings.mesh_resolution or model.mesh_resolution
     hooks.report("extract", 0, 1, f"marching cubes {resolution}³")
-    grid = density_grid(tri_field, resolution)
+    grid = density_grid(tri_field, resolution, hooks=hooks)
     verts, faces = extract_mesh(grid, model.mesh_level)
     del grid
     if faces.shape[0] == 0:
@@ -121,16 +151,16 @@ def reconstruct_gtr(
     lap("extract")
 
     refine_settings = settings.refine
+    texture_field = texture_copy(tri_field)  # tri_field stays as the generator (and polish) left it
     if refine_settings.iterations > 0:
-        tex_pts, covered = surface_points(mesh.vertices, mesh.faces, [v.camera for v in views],
-                                          refine_settings.raster_size)
-        trace = refine(tri_field, tex_pts, covered, targets.to(device), refine_settings, hooks)
+        tex_pts, covered = _surface_points(mesh, [v.camera for v in views], refine_settings.raster_size, hooks)
+        trace = refine(texture_field, tex_pts, covered, targets.to(device), refine_settings, hooks)
         refine_loss = trace.losses[-1]
     else:
         refine_loss = None
     lap("refine")
 
-    baked = bake(mesh, tri_field.color, bake_config, hooks)
+    baked = bake(mesh, texture_field.color, bake_config, hooks)
     lap("bake")
     timings = timer.finish()
     world = baked.transformed(frame.world_from_canonical)
@@ -143,4 +173,16 @@ def reconstruct_gtr(
         "refine_iterations": refine_settings.iterations,
         "refine_l1": None if refine_loss is None else round(refine_loss, 5),
     }
-    return GTRResult(world, baked, frame, tri_field, views, warnings, timings, metrics)
+    return GTRResult(mesh=world, canonical_mesh=baked, frame=frame, field=tri_field, texture_field=texture_field,
+                     views=views, warnings=warnings, timings=timings, metrics=metrics)
+
+
+def _surface_points(mesh: Mesh, cameras: list[Camera], size: int, hooks: Hooks) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`surface_points` one view at a time (a progress report and cancel point each), stacked the same way."""
+    points, covered = [], []
+    for n, camera in enumerate(cameras):
+        hooks.report("refine", n, len(cameras), f"surface points {n + 1}/{len(cameras)}")
+        p, c = surface_points(mesh.vertices, mesh.faces, [camera], size)
+        points.append(p)
+        covered.append(c)
+    return torch.cat(points), torch.cat(covered)

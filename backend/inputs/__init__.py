@@ -10,7 +10,8 @@
 
 ``options_override`` replaces the job's options (job.json ``options``; importers have none of their own)
 before images and masks are read. Its optional ``"bounds"`` entry (same form as job.json's ``bounds``) sets
-the job's bounds instead of becoming an option.
+the job's bounds instead of becoming an option. Option values are checked against the registry
+(:mod:`backend.options`) before any image is read; unknown keys become ``Job.warnings``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import InputError
+from ..options import check_options
 from ..views import Job
 from .gtr_cams import find_cam_files, load_gtr_folder
 from .job_file import load_job_file, parse_bounds, read_json
@@ -38,7 +40,9 @@ def load_job(path, *, options_override: dict | None = None, validate: bool = Tru
     override = dict(options_override or {})
     bounds = parse_bounds(override.pop("bounds")) if override.get("bounds") is not None else None
     override.pop("bounds", None)
-    job = _dispatch(path, override, bounds)
+    checked = check_options(override, "the options override")  # before any image is read
+    job = _dispatch(path, checked.values, bounds)
+    job.warnings[:0] = checked.warnings
     if bounds is not None:
         job.bounds = bounds
     return validate_job(job) if validate else job

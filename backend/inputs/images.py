@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..options import OPTIONS
 
-MASK_SOURCES = ("auto", "alpha", "file", "color_key", "none")
-DEFAULT_DEPTH_SCALE = 0.001
-DEFAULT_BACKGROUND_TOLERANCE = 0.1
+MASK_SOURCES = OPTIONS["mask_source"].choices
+DEFAULT_DEPTH_SCALE = OPTIONS["depth_scale"].default
+DEFAULT_BACKGROUND_TOLERANCE = OPTIONS["background_tolerance"].default
 _ALPHA_TRIVIAL = 1.0 - 0.5 / 255.0
 
 

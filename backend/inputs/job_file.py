@@ -48,13 +48,12 @@ Per job:
 - ``bounds`` (optional): axis-aligned box in world units, ``{"centre": [x, y, z], "size": [sx, sy, sz]}`` (a
   number for a cube; ``"center"`` is accepted too) or ``{"min": [x, y, z], "max": [x, y, z]}``. Without bounds
   every view needs a mask (the pipeline takes the bounds from the masks' visual hull).
-- ``options`` (optional): copied into ``Job.options`` (the CLI may override them). Options read while
-  loading: ``mask_source`` ("auto" | "alpha" | "file" | "color_key" | "none"), ``background``,
-  ``background_tolerance``, ``depth_scale``; see :mod:`backend.inputs.images`. Options read by the pipeline:
-  ``preset``, ``texture``, ``texture_size``, ``faces``, ``fit_steps``, ``fit_seconds``, ``method``
-  ("auto" | "gtr" | "fit"), ``checkpoint`` (path to GTR weights, relative to this file), ``trust_checkpoint``,
-  ``polish_steps``, ``up_axis`` ("z" | "y"), ``mesh_resolution``, ``refine_iterations``; see
-  :mod:`backend.pipeline`.
+- ``options`` (optional): copied into ``Job.options`` (the CLI may override them). The keys, their types,
+  ranges and meanings are the registry's, :data:`backend.options.OPTIONS` (``mask_source``, ``background``,
+  ``background_tolerance`` and ``depth_scale`` are read while loading, see :mod:`backend.inputs.images`; the
+  rest by the pipeline). ``checkpoint`` is relative to this file. Values are checked before any image is read;
+  an unknown key is ignored with a warning (in ``Job.warnings``) naming the closest known key.
+  Two views with the same image give a warning too.
 """
 
 from __future__ import annotations
@@ -66,6 +65,7 @@ import numpy as np
 
 from ..cameras import Camera, intrinsics
 from ..errors import InputError
+from ..options import check_options
 from ..views import Bounds, Job, View
 from .images import load_pixels
 
@@ -137,6 +137,23 @@ def parse_bounds(value) -> Bounds:
     if not (np.all(np.isfinite(centre)) and np.all(np.isfinite(size)) and np.all(size > 0)):
         raise InputError(f"bounds need a finite centre and a positive size, got {value!r}", fix=fix)
     return Bounds(centre=centre, size=size)
+
+
+def repeated_images(images: list[Path], names: list[str]) -> list[str]:
+    """One warning per image file that more than one view uses (the same photo twice only weights it double)."""
+    first: dict[Path, int] = {}
+    warnings = []
+    for index, image in enumerate(images):
+        key = Path(image).resolve()
+        if key in first:
+            n = first[key]
+            warnings.append(
+                f"views '{names[n]}' (#{n}) and '{names[index]}' (#{index}) use the same image {image}; "
+                "the repeat adds nothing and counts that view twice. Remove one, or point it at its own image."
+            )
+        else:
+            first[key] = index
+    return warnings
 
 
 def check_camera_type(camera_type, view: str | None = None, index: int | None = None) -> str:
@@ -213,6 +230,8 @@ def load_job_file(path, options_override: dict | None = None) -> Job:
     options = data.get("options") or {}
     if not isinstance(options, dict):
         raise InputError("'options' must be an object", fix='write options as {"key": value, ...}.')
+    checked = check_options(options, f"{path.name} options")
+    options = dict(checked.values)
     if isinstance(options.get("checkpoint"), str):  # a GTR checkpoint path is relative to the job file
         options["checkpoint"] = str((path.parent / Path(options["checkpoint"]).expanduser()).resolve())
     options = {**options, **(options_override or {})}
@@ -221,7 +240,7 @@ def load_job_file(path, options_override: dict | None = None) -> Job:
     if not isinstance(entries, list):
         raise InputError(f"{path} has no 'views' list", fix='add "views": [{"image": ..., ...}, ...].')
     default_type = data.get("camera_type", "perspective")
-    views = []
+    views, images = [], []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or "image" not in entry:
             raise InputError(f"view #{index} needs an 'image'", index=index, fix='add "image": "path.png".')
@@ -243,4 +262,6 @@ def load_job_file(path, options_override: dict | None = None) -> Job:
         height = _size(entry, "height", pixels.height, name, index)
         camera = _camera(entry, camera_type, width, height, name, index)
         views.append(View(name, camera, pixels.rgb, pixels.mask, pixels.depth))
-    return Job(views=views, bounds=bounds, options=options, source=str(path))
+        images.append(image)
+    warnings = checked.warnings + repeated_images(images, [v.name for v in views])
+    return Job(views=views, bounds=bounds, options=options, source=str(path), warnings=warnings)

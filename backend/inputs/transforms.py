@@ -36,7 +36,7 @@ from ..cameras import Camera, focal_from_fov, intrinsics, opengl_c2w_to_w2c
 from ..errors import InputError
 from ..views import Bounds, Job, View
 from .images import load_pixels
-from .job_file import parse_matrix, read_json, resolve
+from .job_file import parse_matrix, read_json, repeated_images, resolve
 
 PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE", "OPENCV", "SIMPLE_RADIAL", "RADIAL")
 PANORAMIC_MODELS = (
@@ -194,7 +194,7 @@ def load_transforms(
     top = {k: data[k] for k in INTRINSIC_KEYS if k in data}
     depth_scale = data.get("depth_unit_scale_factor")
     distorted = []
-    views = []
+    views, images = [], []
     for index in _selected(frames, select):
         frame = frames[index]
         if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
@@ -217,11 +217,13 @@ def load_transforms(
         if any(float(params.get(k, 0.0) or 0.0) != 0.0 for k in DISTORTION_KEYS):
             distorted.append(name)
         views.append(View(name, camera, pixels.rgb, pixels.mask, pixels.depth))
+        images.append(image)
+    notes = repeated_images(images, [v.name for v in views])
     if distorted:
-        warnings.warn(
+        note = (
             f"{path.name}: {len(distorted)} view(s) have lens distortion coefficients (first: '{distorted[0]}'); "
-            "they are ignored, so undistort the images for best results.",
-            UserWarning,
-            stacklevel=2,
+            "they are ignored, so undistort the images for best results."
         )
-    return Job(views=views, bounds=bounds, options=options, source=str(path))
+        warnings.warn(note, UserWarning, stacklevel=2)
+        notes.append(note)
+    return Job(views=views, bounds=bounds, options=options, source=str(path), warnings=notes)

@@ -7,8 +7,10 @@ cameras by the importers. :func:`validate_job` checks what only the whole job sh
 - per view: image / mask / depth sizes equal the camera's ``width`` × ``height``; finite cameras;
   ``world_to_camera`` rigid (rotation orthonormal within 1e-3, determinant +1, last row ``[0, 0, 0, 1]``);
   ``K`` with positive focal lengths and last row ``[0, 0, 1]``;
+- per view with a mask: some pixel of the mask is object (an empty mask would carve the object away);
 - when bounds are known: finite and positive, and every camera sees them (the box centre in front of the
-  camera, and the box's 9 projected points (corners + centre) not all off one side of the image);
+  camera, and the box's 9 projected points (corners + centre) not all off one side of the image); without
+  bounds the same check runs on the bounds taken from the masks (:func:`backend.normalise.bounds_from_masks`);
 - without bounds, every view has a mask (the pipeline derives the bounds from the masks).
 """
 
@@ -123,17 +125,32 @@ def _check_camera(view: View, index: int) -> None:
         )
 
 
-def _check_sees_bounds(view: View, index: int, bounds: Bounds) -> None:
+BOUNDS_FIX = "check that the camera poses and the bounds use the same world frame and units, or drop the view."
+
+
+def check_sees_bounds(view: View, index: int, bounds: Bounds, what: str = "the bounds", fix: str = BOUNDS_FIX):
+    """:class:`InputError` unless the camera sees ``bounds``: its centre in front of the camera and its 9
+    projected points (corners + centre) not all off one side of the image. ``what`` names the box in messages."""
     cam = view.camera
     points = np.vstack([np.asarray(bounds.centre, dtype=np.float64)[None], bounds.corners()])
     uv, z = project(cam, points)
-    fix = "check that the camera poses and the bounds use the same world frame and units, or drop the view."
     if z[0] <= 0:
-        raise InputError("the bounds' centre is behind the camera", view=view.name, index=index, fix=fix)
+        raise InputError(f"{what}: its centre is behind the camera", view=view.name, index=index, fix=fix)
     if np.all(z > 0):
         lo, hi = uv.min(axis=0), uv.max(axis=0)
         if hi[0] < 0 or hi[1] < 0 or lo[0] > cam.width or lo[1] > cam.height:
-            raise InputError("the bounds lie entirely outside the image", view=view.name, index=index, fix=fix)
+            raise InputError(f"{what}: it lies entirely outside the image", view=view.name, index=index, fix=fix)
+
+
+def _check_mask(view: View, index: int) -> None:
+    if view.mask is not None and not np.any(np.asarray(view.mask) > 0.5):
+        raise InputError(
+            "the mask is empty: no pixel is marked as object (> 0.5)",
+            view=view.name,
+            index=index,
+            fix="check this view's mask (white = object; with mask_source 'color_key' the background colour and "
+            "background_tolerance), or remove the view.",
+        )
 
 
 def validate_job(job: Job) -> Job:
@@ -155,7 +172,9 @@ def validate_job(job: Job) -> Job:
         _check_sizes(view, index)
         _check_camera(view, index)
         if bounds is not None:
-            _check_sees_bounds(view, index, bounds)
+            check_sees_bounds(view, index, bounds)
+    for index, view in enumerate(job.views):  # content after structure: sizes and cameras are checked first
+        _check_mask(view, index)
     if bounds is None:
         for index, view in enumerate(job.views):
             if view.mask is None:
@@ -170,14 +189,28 @@ def validate_job(job: Job) -> Job:
 
 
 def check_output_dir(path) -> Path:
-    """Create ``path`` if needed and check a file can be written there; returns it as a :class:`Path`."""
+    """Check that ``path`` is (or can be created as) a folder a file can be written to, creating nothing.
+
+    Returns it as a :class:`Path`. The folder itself is made by the writers (``pipeline.write_outputs``), so a
+    run that fails before writing leaves no empty folder behind.
+    """
     path = Path(path).expanduser()
     fix = "choose an output folder you can write to (and that is not an existing file)."
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".write_test_", dir=path)
-        os.close(handle)
-        os.unlink(probe)
-    except OSError as exc:
-        raise InputError(f"output folder {path} is not writable ({exc.strerror or exc})", fix=fix) from None
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    reason = None
+    if not existing.is_dir():
+        reason = f"{existing} is not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"no permission to write in {existing}"
+    elif existing == path:  # an existing folder: prove it with a probe file (catches read-only mounts)
+        try:
+            handle, probe = tempfile.mkstemp(prefix=".write_test_", dir=path)
+            os.close(handle)
+            os.unlink(probe)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+    if reason:
+        raise InputError(f"output folder {path} is not writable ({reason})", fix=fix)
     return path

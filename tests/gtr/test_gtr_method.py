@@ -154,14 +154,20 @@ def test_cli_gtr_method(scene_job, weights, tmp_path):
     assert "checkpoint" in missing.stderr and "Traceback" not in missing.stderr
 
 
-def test_polish_adapts_the_generated_field(scene_job, weights):
-    settings = GTRSettings(refine=RefineSettings(iterations=0), polish_steps=5)
+def test_polish_trains_the_triplane_only(scene_job, weights):
+    """Polish adapts the generated triplane; the decoder MLPs (the network's, shared by every texel) stay as loaded."""
+    settings = GTRSettings(refine=RefineSettings(iterations=0), polish_steps=2)
     out = reconstruct_gtr(scene_job, weights, settings, BakeConfig(texture="vertex"), torch.device("cpu"))
     plain = reconstruct_gtr(scene_job, weights, replace(settings, polish_steps=0), BakeConfig(texture="vertex"),
                             torch.device("cpu"))
     assert out.timings["polish"] > 0 and "polish" not in plain.timings
     change = (out.field.planes - plain.field.planes).detach().abs().max()
-    assert 0 < float(change) < 1.0  # a few small steps moved the generated triplane
+    assert 0 < float(change) < 1.0  # two small steps moved the generated triplane
+    for name in ("mlp_sigma", "mlp_color"):
+        for key, value in getattr(out.field, name).state_dict().items():
+            assert torch.equal(value, weights.field[f"decoder.field.{name}.{key}"]), f"{name}.{key} changed"
+    assert not out.field.planes.requires_grad
+    assert not any(p.requires_grad for p in out.field.parameters())
 
 
 @pytest.mark.gpu
@@ -171,3 +177,29 @@ def test_gtr_method_on_cuda(scene_job, weights):
     cpu = reconstruct_gtr(scene_job, weights, settings, BakeConfig(texture="vertex"), torch.device("cpu"))
     assert out.mesh.num_faces > 100
     assert abs(out.mesh.num_faces - cpu.mesh.num_faces) <= 0.01 * cpu.mesh.num_faces
+
+
+def test_precision_policy_covers_generator_and_refinement(scene_job, weights):
+    """The TF32 flags seen inside the generator's and the decoder's forward passes are the policy's; the caller's
+    flags are back afterwards."""
+    from backend.field import MLP
+    from backend.gtr.generator import Generator
+
+    seen: dict[str, set] = {"Generator": set(), "MLP": set()}
+
+    def record(module, args, output):
+        if isinstance(module, (Generator, MLP)):
+            seen[type(module).__name__].add((torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32))
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        settings = GTRSettings(refine=RefineSettings(iterations=1, raster_size=SIZE), precision="highest")
+        reconstruct_gtr(scene_job, weights, settings, BakeConfig(texture="vertex"), torch.device("cpu"))
+        after = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    finally:
+        handle.remove()
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    assert seen == {"Generator": {(False, False)}, "MLP": {(False, False)}}
+    assert after == (True, True)

@@ -43,10 +43,17 @@ def raises(job: Job, phrase: str, view="v1", index=1) -> InputError:
     return info.value
 
 
+def rgba_square(path) -> None:
+    """A transparent image with an opaque centre square (a non-empty alpha mask)."""
+    pixels = np.zeros((SIZE, SIZE, 4), np.uint8)
+    pixels[SIZE // 4 : 3 * SIZE // 4, SIZE // 4 : 3 * SIZE // 4] = 255
+    Image.fromarray(pixels, "RGBA").save(path)
+
+
 def write_job(root, count=2, **view_fields) -> None:
     entries = []
     for n, cam in enumerate(orbit_cameras(count, radius=3.0, fov_degrees=40.0, size=SIZE)):
-        Image.fromarray(np.zeros((SIZE, SIZE, 4), np.uint8), "RGBA").save(root / f"v{n}.png")
+        rgba_square(root / f"v{n}.png")
         entries.append({"image": f"v{n}.png", "world_to_camera": cam.world_to_camera.tolist(), "K": cam.K.tolist()})
     entries[1].update(view_fields)
     (root / "job.json").write_text(json.dumps({"views": entries}))
@@ -180,7 +187,7 @@ def test_panoramic_transforms(tmp_path, model):
 def test_distortion_warns_but_loads(tmp_path):
     frames = []
     for n, cam in enumerate(orbit_cameras(2, radius=3.0, fov_degrees=40.0, size=SIZE)):
-        Image.fromarray(np.zeros((SIZE, SIZE, 4), np.uint8), "RGBA").save(tmp_path / f"a{n}.png")
+        rgba_square(tmp_path / f"a{n}.png")
         frames.append({"file_path": f"a{n}.png", "transform_matrix": w2c_to_opengl_c2w(cam.world_to_camera).tolist()})
     data = {"camera_model": "OPENCV", "fl_x": 20, "k1": 0.01, "p2": 0.0, "frames": frames}
     (tmp_path / "transforms.json").write_text(json.dumps(data))
@@ -190,8 +197,12 @@ def test_distortion_warns_but_loads(tmp_path):
 
 
 def test_output_dir(tmp_path):
-    made = check_output_dir(tmp_path / "a" / "b")
-    assert made.is_dir() and list(made.iterdir()) == []
+    """Checked without creating anything: the writers make the folder, so a failed run leaves none behind."""
+    path = check_output_dir(tmp_path / "a" / "b")
+    assert path == tmp_path / "a" / "b" and not (tmp_path / "a").exists()
+    (tmp_path / "made").mkdir()
+    assert check_output_dir(tmp_path / "made") == tmp_path / "made"
+    assert list((tmp_path / "made").iterdir()) == []  # the write probe is gone
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(InputError, match="not writable") as info:
         check_output_dir(tmp_path / "file.txt" / "out")
