@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .cameras import ray_bundle
-from .field import TriplaneField
+from .field import TriplaneField, density_grid
 from .hull import pixel_lookup
 from .marching_cubes import marching_cubes
 from .mesh import Mesh
@@ -44,25 +44,6 @@ class ExtractConfig:
     """At most this many views (evenly spread through the list) are rendered for the fused distance."""
     chunk: int = 1 << 18
     """Lattice points per density evaluation; each chunk is one progress report and cancel point."""
-
-
-def density_grid(
-    field: TriplaneField, occupancy: OccupancyGrid | None, resolution: int, chunk: int, hooks: Hooks | None = None
-) -> torch.Tensor:
-    """σ at the (res, res, res) lattice over [-1, 1]³ (indexed [x, y, z]); only near occupied cells is the field
-    evaluated, elsewhere σ = 0. Reports each chunk as stage ``extract``."""
-    hooks = hooks or Hooks()
-    device = field.planes.device
-    axis = torch.linspace(-1, 1, resolution, device=device)
-    pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).view(-1, 3)
-    grid = torch.zeros(pts.shape[0], device=device)
-    todo = occupancy.dilated(1).lookup(pts) if occupancy is not None else torch.ones_like(grid, dtype=torch.bool)
-    parts = todo.nonzero().squeeze(1).split(chunk)
-    with torch.no_grad():
-        for n, part in enumerate(parts):
-            hooks.report("extract", n, len(parts), "density grid")
-            grid[part] = field.density(pts[part])
-    return grid.view(resolution, resolution, resolution)
 
 
 def gaussian_blur3d(volume: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -255,7 +236,7 @@ def extract(
     if config.surface == "fused" and fused is not None:
         mesh = mesh_from_distance(fused, config)
     else:
-        grid = density_grid(field, occupancy, config.resolution, config.chunk, hooks)
+        grid = density_grid(field, config.resolution, occupancy=occupancy, chunk=config.chunk, hooks=hooks)
         hidden = None if fused is None else fused <= -0.999 * config.truncation
         mesh = mesh_from_density(grid, config, hidden)
     hooks.report("extract", 2, 3, "clean-up")

@@ -26,10 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from backend.field import density_grid  # noqa: E402
 from backend.gtr.config import FULL, SMALL, RefineSettings  # noqa: E402
 from backend.gtr.decoder import GTRField  # noqa: E402
 from backend.gtr.generator import Generator  # noqa: E402
-from backend.gtr.geometry import density_grid, extract_mesh  # noqa: E402
+from backend.gtr.geometry import extract_mesh  # noqa: E402
 from backend.gtr.rays import camera_tensors, generator_input, pixel_rays  # noqa: E402
 from backend.gtr.refine import refine, surface_points  # noqa: E402
 from backend.gtr.rig import official_rig_cameras  # noqa: E402

@@ -117,7 +117,7 @@ def test_extraction_loops_report_and_honour_cancel():
     """Depth maps report per view and check per chunk of rays; the density grid reports per chunk; a cancel stops
     the loop at the next chunk or view."""
     from backend.errors import Cancelled
-    from backend.extract import density_grid
+    from backend.field import density_grid
     from backend.progress import Hooks
 
     class CountingSphere(SphereField):
@@ -129,7 +129,7 @@ def test_extraction_loops_report_and_honour_cancel():
 
     seen = []
     hooks = Hooks(progress=lambda stage, step, total, message: seen.append((stage, step, total, message)))
-    density_grid(CountingSphere(0.5), None, 16, 1000, hooks)
+    density_grid(CountingSphere(0.5), 16, chunk=1000, hooks=hooks)
     assert [(s, step, total) for s, step, total, _ in seen] == [("extract", n, 5) for n in range(5)]  # 16³ / 1000
     assert CountingSphere.calls == 5
 
@@ -140,7 +140,7 @@ def test_extraction_loops_report_and_honour_cancel():
     hooks = Hooks(progress=cancel_at_chunk)
     CountingSphere.calls = 0
     with pytest.raises(Cancelled):
-        density_grid(CountingSphere(0.5), None, 16, 1000, hooks)
+        density_grid(CountingSphere(0.5), 16, chunk=1000, hooks=hooks)
     assert CountingSphere.calls == 2  # chunks 0 and 1 ran, chunk 2 never started
 
     seen.clear()

@@ -2,7 +2,7 @@
 
 import torch
 
-from backend.field import FieldConfig, TriplaneField, requires_grad, sample_planes
+from backend.field import FieldConfig, TriplaneField, density_grid, requires_grad, sample_planes
 
 
 def test_plane_axes_and_interleaved_order():
@@ -42,7 +42,7 @@ def test_density_is_non_negative_and_colour_saturates():
 def test_density_grid_corner_lattice_order():
     torch.manual_seed(0)
     field = TriplaneField(FieldConfig(resolution=8, channels=4))
-    grid = field.density_grid(5)
+    grid = density_grid(field, 5)
     assert grid.shape == (5, 5, 5)
     point = torch.tensor([[-1.0, 0.0, 0.5]])  # indices (0, 2, 3)
     assert torch.allclose(grid[0, 2, 3], field.density(point)[0], atol=1e-6)

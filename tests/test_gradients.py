@@ -9,10 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from backend.field import density_grid
 from backend.gtr.config import SMALL
 from backend.gtr.decoder import GTRField
 from backend.gtr.generator import Generator
-from backend.gtr.geometry import density_grid, extract_mesh
+from backend.gtr.geometry import extract_mesh
 from backend.gtr.render import render_rays
 
 WATCHED = ("conv_proj.weight", "attn_layers.0.self_attn.to_q.weight", "attn_layers.1.ff.net.2.weight")

@@ -13,39 +13,6 @@ import torch
 
 from ..field import TriplaneField
 from ..marching_cubes import marching_cubes
-from ..progress import Hooks
-
-
-def grid_points(resolution: int, device=None) -> torch.Tensor:
-    """(N³, 3) points linspace(0, 1, N)·2 − 1 per axis, 'ij' indexing (x slowest)."""
-    g = torch.linspace(0, 1, resolution, device=device) * 2 - 1
-    return torch.stack(torch.meshgrid(g, g, g, indexing="ij"), dim=-1).reshape(-1, 3)
-
-
-def density_grid(
-    field: TriplaneField, resolution: int, chunk: int = 1 << 21, grad: bool = False, hooks: Hooks | None = None
-) -> torch.Tensor:
-    """σ at :func:`grid_points`, shaped (N, N, N) and indexed [ix, iy, iz]; a batched field gives (B, N, N, N).
-
-    ``grad``: keep the autograd graph (for training through marching cubes); by default no graph is built.
-    ``hooks``: a progress report (stage ``extract``) and cancel point before each chunk; values do not depend on it.
-    """
-    hooks = hooks or Hooks()
-
-    def chunks(parts: tuple[torch.Tensor, ...]):
-        for n, part in enumerate(parts):
-            hooks.report("extract", n, len(parts), f"density grid {resolution}³")
-            yield field.density(part)
-
-    pts = grid_points(resolution, field.planes.device)
-    with torch.set_grad_enabled(grad):
-        if field.planes.dim() == 5:
-            batch = field.planes.shape[0]
-            pts = pts.expand(batch, -1, -1)
-            sigma = torch.cat(list(chunks(pts.split(chunk, dim=1))), dim=1)
-            return sigma.view(batch, resolution, resolution, resolution)
-        sigma = torch.cat(list(chunks(pts.split(chunk))))
-    return sigma.view(resolution, resolution, resolution)
 
 
 def extract_mesh(density: torch.Tensor, level: float, backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:

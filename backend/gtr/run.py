@@ -21,6 +21,7 @@ from ..bake import BakeConfig, bake
 from ..cameras import Camera
 from ..errors import InputError
 from ..extract import decimate
+from ..field import density_grid
 from ..fit import FitConfig, fit
 from ..mesh import Mesh
 from ..progress import Hooks, StageTimer
@@ -28,7 +29,7 @@ from ..refine import texture_copy
 from ..views import Job, View
 from .checkpoint import Weights, build_model
 from .config import RefineSettings
-from .geometry import density_grid, extract_mesh
+from .geometry import extract_mesh
 from .precision import Precision, float32_precision
 from .rays import camera_tensors, generator_input, truncate_8bit
 from .refine import refine, surface_points

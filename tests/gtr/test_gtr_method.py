@@ -21,9 +21,9 @@ from safetensors.torch import load_file
 from backend.bake import BakeConfig
 from backend.cameras import orbit_cameras
 from backend.errors import InputError
+from backend.field import density_grid
 from backend.gtr.checkpoint import Weights, build_model, save_weights
 from backend.gtr.config import SMALL, RefineSettings
-from backend.gtr.geometry import density_grid
 from backend.gtr.rig import RigConfig, canonical_frame, square_view
 from backend.gtr.run import GTRSettings, model_inputs, reconstruct_gtr
 from backend.pipeline import choose_method, config_from_options, reconstruct

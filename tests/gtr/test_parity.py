@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from backend.field import sample_planes
+from backend.field import density_grid, grid_points, sample_planes
 from backend.gtr.checkpoint import Weights, build_model, read_checkpoint, save_weights
 from backend.gtr.config import SMALL, RefineSettings
 from backend.gtr.decoder import GTRField
 from backend.gtr.generator import Generator
-from backend.gtr.geometry import density_grid, extract_mesh, grid_points, vertex_colors_uint8
+from backend.gtr.geometry import extract_mesh, vertex_colors_uint8
 from backend.gtr.rays import camera_tensors, composite_on_white, generator_input, pixel_rays, truncate_8bit
 from backend.gtr.refine import refine
 from backend.gtr.render import near_far, render_rays
