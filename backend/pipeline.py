@@ -24,7 +24,6 @@ from .field import FieldConfig, TriplaneField
 from .fit import FitConfig, fit
 from .frame import CanonicalFrame
 from .gtr.checkpoint import read_checkpoint
-from .gtr.config import RefineSettings
 from .gtr.run import GTRSettings, reconstruct_gtr
 from .mesh import Mesh
 from .mesh_render import composite, render_mesh
@@ -33,7 +32,7 @@ from .normalise import NormaliseConfig, normalise
 from .options import CONFIG_KEYS, OPTIONS
 from .options import apply as apply_options
 from .progress import Hooks, StageTimer
-from .refine import RefineConfig, refine_texture, texture_copy
+from .refine import GTRRefineConfig, RefineConfig, refine_texture, texture_copy
 from .views import Job, View
 from .volume import OccupancyGrid
 
@@ -74,7 +73,7 @@ PRESETS: dict[str, PipelineConfig] = {
         ),
         extract=ExtractConfig(resolution=192),
         refine=RefineConfig(iterations=400, max_seconds=15.0, points_per_step=16384),
-        gtr=GTRSettings(mesh_resolution=128, refine=RefineSettings(raster_size=512)),
+        gtr=GTRSettings(mesh_resolution=128, refine=GTRRefineConfig(raster_size=512)),
     ),
     "standard": PipelineConfig(
         max_image_size=800,

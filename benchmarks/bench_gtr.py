@@ -27,13 +27,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend.field import density_grid  # noqa: E402
-from backend.gtr.config import FULL, SMALL, RefineSettings  # noqa: E402
+from backend.gtr.config import FULL, SMALL  # noqa: E402
 from backend.gtr.decoder import GTRField  # noqa: E402
 from backend.gtr.generator import Generator  # noqa: E402
 from backend.gtr.geometry import extract_mesh  # noqa: E402
 from backend.gtr.rays import camera_tensors, generator_input, pixel_rays  # noqa: E402
-from backend.gtr.refine import refine, surface_points  # noqa: E402
 from backend.gtr.rig import official_rig_cameras  # noqa: E402
+from backend.mesh import Mesh  # noqa: E402
+from backend.refine import GTRRefineConfig, refine_texture_gtr, surface_images  # noqa: E402
 
 
 def sphere_views(size: int, views: int, radius: float = 0.7):
@@ -155,12 +156,12 @@ def main() -> int:
     rows.append({"stage": f"marching cubes, {level_note}, {faces.shape[0]} faces", "seconds": sec_mc,
                  "peak_mb": mem_mc})
 
-    settings = replace(RefineSettings(), iterations=args.iters, raster_size=args.raster)
+    settings = replace(GTRRefineConfig(), iterations=args.iters, raster_size=args.raster)
 
     def refine_once():
         f = field.on(triplanes[0].clone())
-        pts, mask = surface_points(verts, faces, cams, settings.raster_size)
-        refine(f, pts, mask, rgb.to(device), settings)
+        pts, mask = surface_images(Mesh(verts, faces), cams, settings.raster_size)
+        refine_texture_gtr(f, pts, mask, rgb.to(device), settings)
 
     _, sec, mem = timed(refine_once, device, warmup=True)
     rows.append({"stage": f"refinement {args.iters} it (raster {args.raster}², incl. rasterisation)", "seconds": sec,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 
 
@@ -100,41 +99,3 @@ SMALL = ModelConfig(
     mesh_level=0.74,
 )
 """The parity fixture's model: every code path of the full one, tiny sizes (its mesh level suits random weights)."""
-
-
-@dataclass(frozen=True)
-class RefineSettings:
-    """The official texture refinement (``refine_texture``) and its optimiser."""
-
-    iterations: int = 50
-    """Refinement steps (official: 50)."""
-    raster_size: int = 1024
-    """Rasterisation side in the input views; the prediction is resized to the input size for the loss."""
-    code_lr: float = 0.15
-    """Learning rate of the triplane (constant)."""
-    lr: float = 1e-4
-    """Peak learning rate of the colour MLP (cosine schedule below)."""
-    betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW betas."""
-    eps: float = 1e-8
-    """AdamW epsilon."""
-    weight_decay: float = 0.05
-    """AdamW weight decay (colour-MLP weights and the triplane; not the biases)."""
-    grad_clip: float = 1.0
-    """Total-norm clip on the colour-MLP gradients (the triplane's are not clipped)."""
-    warm_up_end: int = 1
-    """Scheduler steps of linear warm-up of the colour-MLP learning rate."""
-    schedule_alpha: float = 0.05
-    """Final colour-MLP learning rate as a fraction of ``lr`` (cosine decay)."""
-    schedule_steps: int = 500
-    """Scheduler steps over which the cosine decay runs."""
-
-    def mlp_lr(self, step: int) -> float:
-        """Colour-MLP learning rate at scheduler step ``step`` (0-based): zero during warm-up, then cosine decay
-        from ``lr`` to ``schedule_alpha · lr`` over ``schedule_steps``."""
-        if step < self.warm_up_end:
-            factor = step / self.warm_up_end
-        else:
-            progress = (step - self.warm_up_end) / (self.schedule_steps - self.warm_up_end)
-            factor = self.schedule_alpha + (1 - self.schedule_alpha) * 0.5 * (1 + math.cos(math.pi * progress))
-        return self.lr * factor

@@ -18,21 +18,18 @@ import numpy as np
 import torch
 
 from ..bake import BakeConfig, bake
-from ..cameras import Camera
 from ..errors import InputError
 from ..extract import decimate
 from ..field import density_grid
 from ..fit import FitConfig, fit
 from ..mesh import Mesh
 from ..progress import Hooks, StageTimer
-from ..refine import texture_copy
+from ..refine import GTRRefineConfig, refine_texture_gtr, surface_images, texture_copy
 from ..views import Job, View
 from .checkpoint import Weights, build_model
-from .config import RefineSettings
 from .geometry import extract_mesh
 from .precision import Precision, float32_precision
 from .rays import camera_tensors, generator_input, truncate_8bit
-from .refine import refine, surface_points
 from .rig import CanonicalFrame, RigConfig, canonical_frame, require_masks, rig_warnings, square_view
 
 
@@ -42,7 +39,7 @@ class GTRSettings:
 
     mesh_resolution: int | None = None
     """Marching-cubes grid side (None: the model's, 256 for the released one)."""
-    refine: RefineSettings = field(default_factory=RefineSettings)
+    refine: GTRRefineConfig = field(default_factory=GTRRefineConfig)
     """The official texture refinement (iterations, raster size, optimiser, schedule)."""
     polish_steps: int = 0
     """Volume-rendering fit steps on the generated triplane before meshing (0: none, as the official release).
@@ -154,8 +151,8 @@ def _reconstruct(
     refine_settings = settings.refine
     texture_field = texture_copy(tri_field)  # tri_field stays as the generator (and polish) left it
     if refine_settings.iterations > 0:
-        tex_pts, covered = _surface_points(mesh, [v.camera for v in views], refine_settings.raster_size, hooks)
-        trace = refine(texture_field, tex_pts, covered, targets.to(device), refine_settings, hooks)
+        tex_pts, covered = surface_images(mesh, [v.camera for v in views], refine_settings.raster_size, hooks)
+        trace = refine_texture_gtr(texture_field, tex_pts, covered, targets.to(device), refine_settings, hooks)
         refine_loss = trace.losses[-1]
     else:
         refine_loss = None
@@ -176,14 +173,3 @@ def _reconstruct(
     }
     return GTRResult(mesh=world, canonical_mesh=baked, frame=frame, field=tri_field, texture_field=texture_field,
                      views=views, warnings=warnings, timings=timings, metrics=metrics)
-
-
-def _surface_points(mesh: Mesh, cameras: list[Camera], size: int, hooks: Hooks) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`surface_points` one view at a time (a progress report and cancel point each), stacked the same way."""
-    points, covered = [], []
-    for n, camera in enumerate(cameras):
-        hooks.report("refine", n, len(cameras), f"surface points {n + 1}/{len(cameras)}")
-        p, c = surface_points(mesh.vertices, mesh.faces, [camera], size)
-        points.append(p)
-        covered.append(c)
-    return torch.cat(points), torch.cat(covered)

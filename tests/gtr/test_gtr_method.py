@@ -23,10 +23,11 @@ from backend.cameras import orbit_cameras
 from backend.errors import InputError
 from backend.field import density_grid
 from backend.gtr.checkpoint import Weights, build_model, save_weights
-from backend.gtr.config import SMALL, RefineSettings
+from backend.gtr.config import SMALL
 from backend.gtr.rig import RigConfig, canonical_frame, square_view
 from backend.gtr.run import GTRSettings, model_inputs, reconstruct_gtr
 from backend.pipeline import choose_method, config_from_options, reconstruct
+from backend.refine import GTRRefineConfig
 from backend.synthetic import render_view
 from backend.views import Job, View
 
@@ -71,7 +72,7 @@ def weights(scene_job) -> Weights:
 
 
 def test_gtr_method_runs_and_returns_to_world(scene_job, weights):
-    settings = GTRSettings(refine=RefineSettings(iterations=3, raster_size=SIZE))
+    settings = GTRSettings(refine=GTRRefineConfig(iterations=3, raster_size=SIZE))
     out = reconstruct_gtr(scene_job, weights, settings, BakeConfig(texture="vertex"), torch.device("cpu"))
     assert out.mesh.num_faces > 100
     assert out.mesh.vertex_colors is not None and out.mesh.vertex_colors.shape == (out.mesh.num_vertices, 3)
@@ -107,7 +108,7 @@ def test_pipeline_dispatches_to_gtr(scene_job, weights, tmp_path):
     path = save_weights(weights, tmp_path / "small.safetensors")
     options = {"method": "gtr", "checkpoint": str(path), "texture": "vertex"}
     config = config_from_options(options)
-    config = replace(config, gtr=replace(config.gtr, refine=RefineSettings(iterations=2, raster_size=SIZE)))
+    config = replace(config, gtr=replace(config.gtr, refine=GTRRefineConfig(iterations=2, raster_size=SIZE)))
     result = reconstruct(replace(scene_job, options=options), config, torch.device("cpu"))
     assert result.metrics["method"] == "gtr" and result.occupancy is None
     assert result.mesh.num_faces > 100
@@ -156,7 +157,7 @@ def test_cli_gtr_method(scene_job, weights, tmp_path):
 
 def test_polish_trains_the_triplane_only(scene_job, weights):
     """Polish adapts the generated triplane; the decoder MLPs (the network's, shared by every texel) stay as loaded."""
-    settings = GTRSettings(refine=RefineSettings(iterations=0), polish_steps=2)
+    settings = GTRSettings(refine=GTRRefineConfig(iterations=0), polish_steps=2)
     out = reconstruct_gtr(scene_job, weights, settings, BakeConfig(texture="vertex"), torch.device("cpu"))
     plain = reconstruct_gtr(scene_job, weights, replace(settings, polish_steps=0), BakeConfig(texture="vertex"),
                             torch.device("cpu"))
@@ -172,7 +173,7 @@ def test_polish_trains_the_triplane_only(scene_job, weights):
 
 @pytest.mark.gpu
 def test_gtr_method_on_cuda(scene_job, weights):
-    settings = GTRSettings(refine=RefineSettings(iterations=3, raster_size=SIZE))
+    settings = GTRSettings(refine=GTRRefineConfig(iterations=3, raster_size=SIZE))
     out = reconstruct_gtr(scene_job, weights, settings, BakeConfig(texture="vertex"), torch.device("cuda"))
     cpu = reconstruct_gtr(scene_job, weights, settings, BakeConfig(texture="vertex"), torch.device("cpu"))
     assert out.mesh.num_faces > 100
@@ -195,7 +196,7 @@ def test_precision_policy_covers_generator_and_refinement(scene_job, weights):
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     handle = torch.nn.modules.module.register_module_forward_hook(record)
     try:
-        settings = GTRSettings(refine=RefineSettings(iterations=1, raster_size=SIZE), precision="highest")
+        settings = GTRSettings(refine=GTRRefineConfig(iterations=1, raster_size=SIZE), precision="highest")
         reconstruct_gtr(scene_job, weights, settings, BakeConfig(texture="vertex"), torch.device("cpu"))
         after = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     finally:

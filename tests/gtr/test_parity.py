@@ -19,14 +19,14 @@ from safetensors.torch import load_file
 
 from backend.field import density_grid, grid_points, sample_planes
 from backend.gtr.checkpoint import Weights, build_model, read_checkpoint, save_weights
-from backend.gtr.config import SMALL, RefineSettings
+from backend.gtr.config import SMALL
 from backend.gtr.decoder import GTRField
 from backend.gtr.generator import Generator
 from backend.gtr.geometry import extract_mesh, vertex_colors_uint8
 from backend.gtr.rays import camera_tensors, composite_on_white, generator_input, pixel_rays, truncate_8bit
-from backend.gtr.refine import refine
 from backend.gtr.render import near_far, render_rays
 from backend.inputs import load_job
+from backend.refine import GTRRefineConfig, refine_texture_gtr
 
 FIXTURE = Path(__file__).resolve().parent.parent / "data" / "parity_small.safetensors"
 EPS = float(torch.finfo(torch.float32).eps)  # 1.19e-7
@@ -242,8 +242,8 @@ def test_refinement_three_iterations(ref, tmp_path):
     tf = gtr_field.on(ref["refine.code_before"][0].clone())
     sigma_before = {k: v.clone() for k, v in tf.mlp_sigma.state_dict().items()}
     generator_before = {k: v.clone() for k, v in generator.state_dict().items()}
-    settings = RefineSettings(iterations=3)
-    trace = refine(tf, ref["refine.tex_pts"], ref["refine.mask"], ref["refine.target_imgs"], settings)
+    settings = GTRRefineConfig(iterations=3)
+    trace = refine_texture_gtr(tf, ref["refine.tex_pts"], ref["refine.mask"], ref["refine.target_imgs"], settings)
     _close(torch.tensor(trace.losses), ref["refine.losses"], LOSS_RTOL)
     # The optimiser's own group lrs at each step. Fixture columns: field decay / no decay, generator decay /
     # no decay (the official scheduler's generator groups follow the same schedule; the generator is not refined,
@@ -301,8 +301,8 @@ def test_parity_on_cuda(ref):
                                MLP_RTOL * float(ref["mesh.density_grid"].abs().max())) + 4 * EPS
         assert bool(((verts.cpu() - ref["mesh.verts_raw"]).abs().amax(-1) <= bound).all())
         tf = field.on(ref["refine.code_before"][0].clone().to(cuda))
-        refine(tf, ref["refine.tex_pts"].to(cuda), ref["refine.mask"].to(cuda), ref["refine.target_imgs"].to(cuda),
-               RefineSettings(iterations=3))
+        refine_texture_gtr(tf, ref["refine.tex_pts"].to(cuda), ref["refine.mask"].to(cuda),
+                           ref["refine.target_imgs"].to(cuda), GTRRefineConfig(iterations=3))
         _close(tf.planes.detach().cpu(), ref["refine.code_after"][0], atol=CODE_ATOL)
 
 
