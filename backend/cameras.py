@@ -118,31 +118,40 @@ def project(camera: Camera, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return uv, z
 
 
+def rays_through_pixels(
+    c2w: torch.Tensor, intrinsics: torch.Tensor, orthographic: torch.Tensor, cols: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays through the pixel centres (cols + 0.5, rows + 0.5), each with its own camera.
+
+    ``c2w`` (N, 3, 4) float64 OpenCV camera → world; ``intrinsics`` (N, 4) float64 [fx, fy, cx, cy];
+    ``orthographic`` (N,) bool; ``cols``, ``rows`` (N,) integer pixel indices. Returns origins and unit directions,
+    each (N, 3) float32 in world space (computed in float64). An orthographic ray starts on the image plane and runs
+    along the camera's +z.
+    """
+    x = (cols.to(torch.float64) + 0.5 - intrinsics[:, 2]) / intrinsics[:, 0]
+    y = (rows.to(torch.float64) + 0.5 - intrinsics[:, 3]) / intrinsics[:, 1]
+    camera_point = torch.stack([x, y, (~orthographic).to(torch.float64)], dim=-1)  # z = 1 (pinhole) or 0 (ortho)
+    rotated = torch.einsum("nij,nj->ni", c2w[:, :, :3], camera_point)
+    ortho = orthographic[:, None]
+    origins = torch.where(ortho, rotated + c2w[:, :, 3], c2w[:, :, 3])
+    dirs = torch.where(ortho, c2w[:, :, 2], rotated / rotated.norm(dim=-1, keepdim=True))
+    return origins.to(torch.float32), dirs.to(torch.float32)
+
+
 def ray_bundle(camera: Camera, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Rays through every pixel centre: origins and unit directions, each (H, W, 3) float32 in world space.
 
-    Row-major: ``[j, i]`` is the ray through pixel centre (i + 0.5, j + 0.5).
+    Row-major: ``[j, i]`` is the ray through pixel centre (i + 0.5, j + 0.5). See :func:`rays_through_pixels`.
     """
     H, W = camera.height, camera.width
-    j, i = torch.meshgrid(
-        torch.arange(H, dtype=torch.float64) + 0.5, torch.arange(W, dtype=torch.float64) + 0.5, indexing="ij"
-    )
-    K = torch.from_numpy(camera.K)
-    c2w = torch.from_numpy(camera.camera_to_world)
-    x = (i - K[0, 2]) / K[0, 0]
-    y = (j - K[1, 2]) / K[1, 1]
-    if camera.orthographic:
-        local = torch.stack([x, y, torch.zeros_like(x)], -1)
-        origins = local @ c2w[:3, :3].T + c2w[:3, 3]
-        dirs = c2w[:3, 2].expand(H, W, 3)
-    else:
-        local = torch.stack([x, y, torch.ones_like(x)], -1)
-        dirs = local @ c2w[:3, :3].T
-        dirs = dirs / dirs.norm(dim=-1, keepdim=True)
-        origins = c2w[:3, 3].expand(H, W, 3)
-    return origins.to(device=device, dtype=torch.float32).contiguous(), dirs.to(
-        device=device, dtype=torch.float32
-    ).contiguous()
+    rows, cols = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+    n = H * W
+    K = camera.K
+    intrinsics = torch.tensor([[K[0, 0], K[1, 1], K[0, 2], K[1, 2]]], dtype=torch.float64).expand(n, 4)
+    c2w = torch.from_numpy(camera.camera_to_world[:3]).to(torch.float64).expand(n, 3, 4)
+    ortho = torch.full((n,), bool(camera.orthographic))
+    origins, dirs = rays_through_pixels(c2w, intrinsics, ortho, cols.reshape(-1), rows.reshape(-1))
+    return origins.view(H, W, 3).to(device), dirs.view(H, W, 3).to(device)
 
 
 def orbit_cameras(

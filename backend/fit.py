@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .cameras import rays_through_pixels
 from .field import FieldConfig, TriplaneField
 from .hull import carve, lattice
 from .progress import Hooks
@@ -136,18 +137,9 @@ class PixelData:
         width = self.widths[view]
         row = torch.div(local, width, rounding_mode="floor")
         col = local - row * width
-        fx, fy, cx, cy = self.intrinsics[view].unbind(1)
-        x = (col.to(torch.float64) + 0.5 - cx) / fx
-        y = (row.to(torch.float64) + 0.5 - cy) / fy
-        ortho = self.orthographic[view]
-        camera_point = torch.stack([x, y, (~ortho).to(torch.float64)], dim=-1)  # z = 1 (pinhole) or 0 (ortho)
-        c2w = self.c2w[view]
-        rotated = torch.einsum("nij,nj->ni", c2w[:, :, :3], camera_point)
-        origins = torch.where(ortho[:, None], rotated + c2w[:, :, 3], c2w[:, :, 3])
-        dirs = torch.where(ortho[:, None], c2w[:, :, 2], rotated / rotated.norm(dim=-1, keepdim=True))
-        dirs = dirs.to(torch.float32)
+        origins, dirs = rays_through_pixels(self.c2w[view], self.intrinsics[view], self.orthographic[view], col, row)
         return RayBatch(
-            origins=origins.to(torch.float32),
+            origins=origins,
             dirs=dirs,
             rgb=self.rgb[index],
             alpha=self.alpha[index] if self.alpha is not None else None,

@@ -14,7 +14,7 @@ from backend.gtr.config import SMALL
 from backend.gtr.decoder import GTRField
 from backend.gtr.generator import Generator
 from backend.gtr.geometry import extract_mesh
-from backend.gtr.render import render_rays
+from backend.volume import render_rays_dense
 
 WATCHED = ("conv_proj.weight", "attn_layers.0.self_attn.to_q.weight", "attn_layers.1.ff.net.2.weight")
 """Generator parameters whose gradients are checked: the patch embedding, and attention / feed-forward weights."""
@@ -50,7 +50,7 @@ def test_rendered_pixels_reach_the_generator(model):
     generator, field, x = model
     triplanes = generator(x[:1])[0]  # (3, K, R, R)
     origins, dirs = _rays()
-    out = render_rays(field.on(triplanes), origins, dirs, samples=32)
+    out = render_rays_dense(field.on(triplanes), origins, dirs, samples=32)
     out.rgb.mean().backward()
     _assert_generator_gradients(generator)
 
@@ -61,11 +61,11 @@ def test_rendered_pixels_reach_the_generator_batched(model):
     origins, dirs = _rays()
     batch_origins = torch.stack([origins, origins.flip(0)])
     batch_dirs = torch.stack([dirs, dirs.flip(0)])
-    out = render_rays(field.on(triplanes), batch_origins, batch_dirs, samples=32)
+    out = render_rays_dense(field.on(triplanes), batch_origins, batch_dirs, samples=32)
     assert out.rgb.shape == (2, 24, 3) and out.weights.shape == (2, 24, 32)
     # Each scene renders as it does alone (same arithmetic per element; measured max difference 0).
     for b in range(2):
-        alone = render_rays(field.on(triplanes[b]), batch_origins[b], batch_dirs[b], samples=32)
+        alone = render_rays_dense(field.on(triplanes[b]), batch_origins[b], batch_dirs[b], samples=32)
         assert torch.allclose(out.rgb[b], alone.rgb, atol=1e-6)
         assert torch.allclose(out.depth_median()[b], alone.depth_median(), atol=1e-6)
     out.rgb[1].mean().backward()  # a loss on the second scene only

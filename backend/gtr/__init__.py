@@ -7,9 +7,7 @@ from the official modules (``tests/data/parity_small.safetensors``).
 - :mod:`.generator` — images + rays → triplanes (patch encoder, learned triplane tokens, transformer, upsampler).
 - :mod:`.decoder` — the triplane decoder's density and colour MLPs with the official parameter names.
 - :mod:`.rays` — the 10-channel generator input from images and cameras.
-- :mod:`.render` — the official volume renderer.
 - :mod:`.geometry` — density grid and marching-cubes mesh as the official extraction does it.
-- :mod:`.refine` — the official per-instance texture refinement.
 - :mod:`.checkpoint` — reading, checking and converting checkpoints.
 - :mod:`.rig` — the canonical frame of the training rig: moving user cameras into it and back.
 - :mod:`.run` — the ``gtr`` pipeline method.

@@ -24,9 +24,9 @@ from backend.gtr.decoder import GTRField
 from backend.gtr.generator import Generator
 from backend.gtr.geometry import extract_mesh, vertex_colors_uint8
 from backend.gtr.rays import camera_tensors, composite_on_white, generator_input, pixel_rays, truncate_8bit
-from backend.gtr.render import near_far, render_rays
 from backend.inputs import load_job
 from backend.refine import GTRRefineConfig, refine_texture_gtr
+from backend.volume import near_far, render_rays_dense
 
 FIXTURE = Path(__file__).resolve().parent.parent / "data" / "parity_small.safetensors"
 EPS = float(torch.finfo(torch.float32).eps)  # 1.19e-7
@@ -150,7 +150,7 @@ def test_volume_rendering(ref, field):
     _close(near[hit], ref["render.near_raw"][hit], RAY_RTOL)
     _close(far[hit], ref["render.far_raw"][hit], RAY_RTOL)
     with torch.no_grad():
-        out = render_rays(tf, origins, dirs, samples=256, min_near=0.2)
+        out = render_rays_dense(tf, origins, dirs, samples=256, min_near=0.2)
     # w = (1 − exp(−τ))·T is computed next to 1, where float32's spacing is EPS: absolute error, measured 6.0e-8.
     _close(out.weights, ref["render.weights"], MLP_RTOL, 2 * EPS)
     _close(out.rgb, ref["render.rgb"], atol=RENDER_ATOL)  # measured 4.2e-7
