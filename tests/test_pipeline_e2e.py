@@ -22,6 +22,8 @@ from backend.pipeline import PRESETS, PipelineConfig, reconstruct, write_outputs
 from backend.synthetic import SceneConfig, SyntheticScene, make_scene, write_scene_as_transforms
 from backend.views import Job, View
 
+pytestmark = pytest.mark.slow  # every test here runs a real reconstruction (the module: about 45 s on 2 cores)
+
 CPU = torch.device("cpu")
 WORLD_SCALE = 1.5
 WORLD_ROTATION_Z_DEGREES = 30.0

@@ -129,6 +129,7 @@ def _write_gtr_folder(folder: Path, views: list[View]) -> None:
         )
 
 
+@pytest.mark.slow
 def test_cli_gtr_method(scene_job, weights, tmp_path):
     folder = tmp_path / "views"
     _write_gtr_folder(folder, scene_job.views[:3])

@@ -1,0 +1,84 @@
+"""Quality guard: one small end-to-end reconstruction whose scores must stay close to what they are today.
+
+The procedural object (:mod:`backend.synthetic`) is reconstructed from its camera ring with the ``draft`` preset
+shrunk to CI size, then scored on held-out views, as ``backend demo`` does. Unlike ``draft`` nothing here is
+capped by time: the fit and the texture refinement run a fixed number of steps, so a loaded machine gives the
+same result as an idle one, only later. Seeds are fixed; torch keeps its default thread count (as in CI).
+It takes about 20 s on an idle 2-core CPU (12 min under a load average of 8).
+
+The thresholds sit about 1.5 dB (PSNR) and 0.05 (F-score) below the values measured when the guard was written,
+so a real regression fails while run-to-run noise (measured below) does not. When a change improves quality on
+purpose, re-measure and raise them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from backend.evaluate import evaluate
+from backend.pipeline import PRESETS, PipelineConfig, reconstruct
+from backend.synthetic import SceneConfig, make_scene
+from backend.views import Job
+
+SCENE = SceneConfig(size=64, train_views=12, test_views=3)
+"""The object at 64² from 12 ring views; 3 held-out views between them."""
+
+FIT_STEPS = 300
+REFINE_ITERATIONS = 80
+
+
+def guard_config() -> PipelineConfig:
+    """``draft`` at CI size, with its time caps removed (fixed step budgets)."""
+    draft = PRESETS["draft"]
+    return replace(
+        draft,
+        fit=replace(
+            draft.fit,
+            steps=FIT_STEPS,
+            max_seconds=None,
+            rays_per_step=1024,
+            hull_resolution=64,
+            field=replace(draft.fit.field, resolution=96),
+        ),
+        extract=replace(draft.extract, resolution=64),
+        refine=replace(draft.refine, iterations=REFINE_ITERATIONS, max_seconds=None, points_per_step=8192),
+    )
+
+
+@pytest.fixture(scope="module")
+def guard():
+    scene = make_scene(SCENE)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    # Images and masks only, as ``backend demo`` gives them: a user's photos have no depth.
+    views = [replace(v, depth=None) for v in scene.train]
+    result = reconstruct(Job(views=views, source="quality-guard"), guard_config(), torch.device("cpu"))
+    evaluation = evaluate(result, scene.test, (scene.gt_vertices, scene.gt_faces), volume_views=2)
+    shown = {k: v for k, v in evaluation.metrics.items() if isinstance(v, float)}
+    print(f"\nquality guard: {shown}\nreconstruct: {result.metrics}")
+    return result, evaluation.metrics
+
+
+def test_fixed_step_budget(guard):
+    """No time cap applied: the scores below come from the full, fixed amount of work."""
+    result, _ = guard
+    assert result.metrics["fit_steps"] == FIT_STEPS
+    assert result.metrics["refine_iterations"] == REFINE_ITERATIONS
+
+
+def test_quality_guard(guard):
+    _, m = guard
+    # Measured 2026-11-30 on the 2-core CI machine (torch's default 2 threads, seed 0): psnr 24.870, ssim 0.9215,
+    # fscore 0.8198, chamfer_l1 0.0071, volume_psnr 23.90 (the field before texture refinement; 23.30 when it was
+    # measured after it), train_psnr 25.14. Run to run with seed 0: the same to every printed digit (two runs, one
+    # on the code before this guard's issue, under different machine load). With seed 1 instead, as a stand-in for
+    # another CPU's rounding: psnr 24.04, ssim 0.911, fscore 0.8405, chamfer_l1 0.0073, volume_psnr 22.95.
+    assert m["psnr"] > 23.4  # measured 24.87
+    assert m["ssim"] > 0.895  # measured 0.9215
+    assert m["fscore"] > 0.77  # measured 0.8198
+    assert m["chamfer_l1"] < 0.0085  # measured 0.0071
+    assert m["volume_psnr"] > 22.4  # measured 23.90
