@@ -23,13 +23,9 @@ from backend import cli
 from backend import export as export_module
 from backend.errors import Cancelled
 from backend.evaluate import evaluate
-from backend.gtr.checkpoint import Weights, save_weights
-from backend.gtr.config import SMALL
-from backend.gtr.decoder import GTRField
-from backend.gtr.generator import Generator
 from backend.pipeline import PRESETS, PipelineConfig, Reconstruction, reconstruct, write_outputs
 from backend.progress import STAGES, Hooks
-from backend.synthetic import SceneConfig, make_scene, write_scene_as_transforms
+from backend.synthetic import write_scene_as_transforms
 from backend.views import Job
 
 CPU = torch.device("cpu")
@@ -72,31 +68,7 @@ def tiny_config() -> PipelineConfig:
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine this is about 4× faster than the default here, and steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def scene():
-    return make_scene(SceneConfig(size=32, train_views=5, test_views=1, grid=48))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A random-weight SMALL model (64² inputs) whose density crosses the mesh level in places (so it meshes)."""
-    torch.manual_seed(0)
-    config = replace(SMALL, input_size=64)
-    generator, field = Generator(config.generator), GTRField(config.decoder)
-    with torch.no_grad():
-        # σ of this random model lies in about [0.62, 0.71]; this bias puts the 0.74 level near its 90th percentile.
-        field.decoder.field.mlp_sigma.layers[-1].bias += 0.135
-    weights = Weights(dict(generator.state_dict()), dict(field.state_dict()), config, "random")
-    return save_weights(weights, tmp_path_factory.mktemp("gtr") / "tiny.safetensors")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Recorder:
@@ -128,12 +100,12 @@ class Recorder:
         self.hooks.cancel()
 
 
-def run_flow(scene, out_dir: Path, hooks: Hooks, options: dict | None = None) -> Reconstruction:
+def run_flow(tiny_scene, out_dir: Path, hooks: Hooks, options: dict | None = None) -> Reconstruction:
     """The ``eval`` command's flow on the tiny scene: reconstruct → evaluate → write_outputs (seed 0)."""
     torch.manual_seed(0)
     config = tiny_config()
-    result = reconstruct(Job(views=scene.train, options=dict(options or {}), source="test"), config, CPU, hooks)
-    evaluation = evaluate(result, scene.test, volume_views=1, hooks=hooks)
+    result = reconstruct(Job(views=tiny_scene.train, options=dict(options or {}), source="test"), config, CPU, hooks)
+    evaluation = evaluate(result, tiny_scene.test, volume_views=1, hooks=hooks)
     write_outputs(result, out_dir, config, {"psnr": evaluation.metrics["psnr"]}, hooks)
     return result
 
@@ -155,22 +127,22 @@ def first_seen(seen: list[tuple[str, int]]) -> tuple[str, ...]:
 
 
 @pytest.fixture(scope="module")
-def fit_run(scene, tmp_path_factory) -> Recorder:
+def fit_run(tiny_scene, tmp_path_factory) -> Recorder:
     recorder = Recorder()
     out = tmp_path_factory.mktemp("fit") / "out"
     start = time.perf_counter()
-    recorder.result = run_flow(scene, out, recorder.hooks)
+    recorder.result = run_flow(tiny_scene, out, recorder.hooks)
     print(f"\nfit flow: {time.perf_counter() - start:.1f} s, {len(recorder.seen)} reports")
     assert {"mesh.npz", "mesh.glb", "metrics.json"} <= set(leftovers(out))
     return recorder
 
 
 @pytest.fixture(scope="module")
-def gtr_run(scene, checkpoint, tmp_path_factory) -> Recorder:
+def gtr_run(tiny_scene, tiny_gtr_checkpoint, tmp_path_factory) -> Recorder:
     recorder = Recorder()
     out = tmp_path_factory.mktemp("gtr") / "out"
     start = time.perf_counter()
-    run_flow(scene, out, recorder.hooks, {"method": "gtr", "checkpoint": str(checkpoint)})
+    run_flow(tiny_scene, out, recorder.hooks, {"method": "gtr", "checkpoint": str(tiny_gtr_checkpoint)})
     print(f"\ngtr flow: {time.perf_counter() - start:.1f} s, {len(recorder.seen)} reports")
     assert {"mesh.npz", "mesh.glb", "metrics.json"} <= set(leftovers(out))
     return recorder
@@ -193,37 +165,37 @@ def test_every_stage_reports_under_a_known_name(fit_run, gtr_run):
 
 
 @pytest.mark.parametrize("stage", FIT_STAGES)
-def test_cancel_inside_each_stage_writes_nothing(scene, fit_run, tmp_path, stage):
+def test_cancel_inside_each_stage_writes_nothing(tiny_scene, fit_run, tmp_path, stage):
     k = middle_report(fit_run.seen, stage)
     recorder = Recorder(cancel_at=k)
     out = tmp_path / "out"
     with pytest.raises(Cancelled):
-        run_flow(scene, out, recorder.hooks)
+        run_flow(tiny_scene, out, recorder.hooks)
     assert recorder.seen == fit_run.seen[: k + 1]  # stopped at the very next report, which is in ``stage``
     assert fit_run.seen[k + 1][0] == stage
     assert leftovers(out) == [] and not out.exists()
 
 
 @pytest.mark.parametrize("stage", ["generate", "extract", "refine"])
-def test_cancel_inside_gtr_stages_writes_nothing(scene, checkpoint, gtr_run, tmp_path, stage):
+def test_cancel_inside_gtr_stages_writes_nothing(tiny_scene, tiny_gtr_checkpoint, gtr_run, tmp_path, stage):
     k = middle_report(gtr_run.seen, stage)
     recorder = Recorder(cancel_at=k)
     out = tmp_path / "out"
     with pytest.raises(Cancelled):
-        run_flow(scene, out, recorder.hooks, {"method": "gtr", "checkpoint": str(checkpoint)})
+        run_flow(tiny_scene, out, recorder.hooks, {"method": "gtr", "checkpoint": str(tiny_gtr_checkpoint)})
     assert recorder.seen == gtr_run.seen[: k + 1]
     assert gtr_run.seen[k + 1][0] == stage
     assert leftovers(out) == [] and not out.exists()
 
 
 @pytest.mark.parametrize("stage", FIT_STAGES[:-1])  # after the ``write`` report the files are written, by design
-def test_cancel_from_another_thread(scene, fit_run, tmp_path, stage):
+def test_cancel_from_another_thread(tiny_scene, fit_run, tmp_path, stage):
     reports = [i for i, (s, _) in enumerate(fit_run.seen) if s == stage]
     k = reports[(len(reports) - 1) // 2]  # the timer fires while the run works on past this report
     recorder = Recorder(cancel_at=k, thread=True)
     out = tmp_path / "out"
     with pytest.raises(Cancelled):
-        run_flow(scene, out, recorder.hooks)
+        run_flow(tiny_scene, out, recorder.hooks)
     latency = time.perf_counter() - recorder.cancelled_at
     print(f"\ncancel in {stage}: Cancelled {latency:.3f} s after hooks.cancel(), past report {recorder.seen[-1]}")
     assert latency < CANCEL_LATENCY_BOUND_S
@@ -231,8 +203,8 @@ def test_cancel_from_another_thread(scene, fit_run, tmp_path, stage):
     assert leftovers(out) == [] and not out.exists()
 
 
-def test_cli_cancel_exits_130_and_leaves_no_file(scene, tmp_path, monkeypatch, capsys):
-    dataset = write_scene_as_transforms(scene, tmp_path / "scene")
+def test_cli_cancel_exits_130_and_leaves_no_file(tiny_scene, tmp_path, monkeypatch, capsys):
+    dataset = write_scene_as_transforms(tiny_scene, tmp_path / "scene")
     monkeypatch.setitem(PRESETS, "draft", tiny_config())
     recorder = Recorder()
 
@@ -252,7 +224,7 @@ def test_cli_cancel_exits_130_and_leaves_no_file(scene, tmp_path, monkeypatch, c
 
 
 @pytest.mark.parametrize("failing_replace", [1, 2, 3])
-def test_interrupted_write_leaves_no_file(scene, fit_run, tmp_path, monkeypatch, failing_replace):
+def test_interrupted_write_leaves_no_file(tiny_scene, fit_run, tmp_path, monkeypatch, failing_replace):
     """Ctrl+C while the files are renamed into place (npz, glb, then metrics.json): nothing stays behind."""
     calls = []
     real_replace = export_module.os.replace

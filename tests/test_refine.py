@@ -12,15 +12,10 @@ from backend import pipeline as pipeline_module
 from backend.evaluate import evaluate
 from backend.field import FieldConfig, TriplaneField
 from backend.gtr import run as gtr_method
-from backend.gtr.checkpoint import Weights, save_weights
-from backend.gtr.config import SMALL
-from backend.gtr.decoder import GTRField
-from backend.gtr.generator import Generator
 from backend.mesh_render import composite
 from backend.metrics import psnr
 from backend.pipeline import PRESETS, PipelineConfig, reconstruct
 from backend.refine import texture_copy
-from backend.synthetic import SceneConfig, make_scene
 from backend.views import Job
 from backend.volume import RenderConfig, render_image
 
@@ -42,18 +37,7 @@ def small_config() -> PipelineConfig:
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine several times faster than the default, and steadier."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def scene():
-    return make_scene(SceneConfig(size=32, train_views=5, test_views=1, grid=48))
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def snapshot(field) -> dict[str, torch.Tensor]:
@@ -78,7 +62,7 @@ def test_texture_copy_is_independent():
     assert copy.mlp_sigma is field.mlp_sigma  # refinement never trains density: shared, not copied
 
 
-def test_fit_refinement_leaves_the_fitted_field_and_volume_psnr_alone(scene, monkeypatch):
+def test_fit_refinement_leaves_the_fitted_field_and_volume_psnr_alone(tiny_scene, monkeypatch):
     fitted = []
     real_extract = pipeline_module.extract
 
@@ -88,7 +72,7 @@ def test_fit_refinement_leaves_the_fitted_field_and_volume_psnr_alone(scene, mon
 
     monkeypatch.setattr(pipeline_module, "extract", recording_extract)
     torch.manual_seed(0)
-    result = reconstruct(Job(views=scene.train, source="test"), small_config(), CPU)
+    result = reconstruct(Job(views=tiny_scene.train, source="test"), small_config(), CPU)
     assert result.metrics["refine_iterations"] == 20
     (field, state), = fitted
     assert result.field is field and same(result.field, state)  # as the fit left it, after 20 refinements
@@ -97,7 +81,7 @@ def test_fit_refinement_leaves_the_fitted_field_and_volume_psnr_alone(scene, mon
         baked = result.texture_field.color(result.canonical_mesh.vertices).clamp(0, 1)
     assert torch.allclose(result.canonical_mesh.vertex_colors, baked, atol=1e-6)
 
-    view = scene.test[0]
+    view = tiny_scene.test[0]
     evaluation = evaluate(result, [view], volume_views=1)
     camera = result.frame.view_to_canonical(view).camera
     fitted_render = render_image(result.field, result.occupancy, camera, RenderConfig()).cpu()
@@ -107,15 +91,7 @@ def test_fit_refinement_leaves_the_fitted_field_and_volume_psnr_alone(scene, mon
     assert abs(psnr(refined_render, target) - psnr(fitted_render, target)) > 1e-3  # so the test can tell them apart
 
 
-def test_gtr_refinement_leaves_the_generated_field_alone(scene, tmp_path, monkeypatch):
-    torch.manual_seed(0)
-    config = replace(SMALL, input_size=64)
-    generator, decoder = Generator(config.generator), GTRField(config.decoder)
-    with torch.no_grad():
-        # σ of this random model lies in about [0.62, 0.71]; this bias puts the 0.74 level near its 90th percentile.
-        decoder.decoder.field.mlp_sigma.layers[-1].bias += 0.135
-    path = save_weights(Weights(dict(generator.state_dict()), dict(decoder.state_dict()), config, "random"),
-                        tmp_path / "tiny.safetensors")
+def test_gtr_refinement_leaves_the_generated_field_alone(tiny_scene, tiny_gtr_checkpoint, monkeypatch):
     generated = []
     real_density_grid = gtr_method.density_grid
 
@@ -124,8 +100,8 @@ def test_gtr_refinement_leaves_the_generated_field_alone(scene, tmp_path, monkey
         return real_density_grid(field, *args, **kwargs)
 
     monkeypatch.setattr(gtr_method, "density_grid", recording_density_grid)
-    options = {"method": "gtr", "checkpoint": str(path)}
-    result = reconstruct(Job(views=scene.train, options=options, source="test"), small_config(), CPU)
+    options = {"method": "gtr", "checkpoint": str(tiny_gtr_checkpoint)}
+    result = reconstruct(Job(views=tiny_scene.train, options=options, source="test"), small_config(), CPU)
     (field, state), = generated
     assert result.field is field and same(result.field, state)
     assert not same(result.texture_field, state)
