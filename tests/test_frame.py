@@ -18,8 +18,10 @@ BOUNDS = Bounds(centre=np.array([1.5, -2.0, 0.7]), size=np.array([0.8, 1.2, 2.0]
 
 def _views() -> list[View]:
     cams = orbit_cameras(6, 8.0, 40.0, 32, target=BOUNDS.centre)
-    return [View(f"v{i}", cam, np.zeros((32, 32, 3), np.float32), np.ones((32, 32), np.float32))
-            for i, cam in enumerate(cams)]
+    return [
+        View(f"v{i}", cam, np.zeros((32, 32, 3), np.float32), np.ones((32, 32), np.float32))
+        for i, cam in enumerate(cams)
+    ]
 
 
 @pytest.mark.parametrize("method", ["fit", "gtr"])
