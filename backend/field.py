@@ -85,10 +85,11 @@ def sample_planes(planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 class TriplaneField(nn.Module):
     """Triplane + separate density and colour MLPs (given MLPs are shared, e.g. a GTR checkpoint's).
 
-    A fresh triplane (``planes=None``) is a trainable ``nn.Parameter``. Given planes (e.g. a generator's output)
-    are kept as they are, a non-persistent buffer that stays in the autograd graph, so a loss on the field's
-    outputs reaches whatever produced them; :meth:`trainable_planes` makes a detached leaf copy for per-object
-    optimisation. Planes may be batched, (B, 3, C, R, R), with points (B, P, 3) (see :func:`sample_planes`).
+    A fresh triplane (``planes=None``) is a trainable ``nn.Parameter``, and so is a given ``nn.Parameter``. Other
+    given planes (e.g. a generator's output) are kept as they are, a non-persistent buffer that stays in the
+    autograd graph, so a loss on the field's outputs reaches whatever produced them; :meth:`trainable_planes` makes
+    a detached leaf copy for per-object optimisation. Planes may be batched, (B, 3, C, R, R), with points
+    (B, P, 3) (see :func:`sample_planes`).
 
     ``density_prior`` is an optional (D, D, D) grid of pre-activation offsets over [-1, 1]³ (indexed [x, y, z]);
     the no-weights fit seeds it from the visual hull so optimisation starts near the right shape and space
@@ -108,6 +109,8 @@ class TriplaneField(nn.Module):
             self.planes = nn.Parameter(
                 torch.randn(3, config.channels, config.resolution, config.resolution) * config.init_std
             )
+        elif isinstance(planes, nn.Parameter):
+            self.planes = planes
         else:
             self.register_buffer("planes", planes, persistent=False)
         in_dim = 3 * self.planes.shape[-3]
@@ -118,8 +121,8 @@ class TriplaneField(nn.Module):
     def trainable_planes(self) -> torch.Tensor:
         """The triplane as a leaf tensor an optimiser can update in place.
 
-        A fresh triplane is already one (its ``nn.Parameter``). Given planes are replaced by a detached copy, which
-        deliberately cuts the graph to whatever produced them (per-object refinement must not write into, or
+        A parameter triplane (fresh, or given as one) already is. Other given planes are replaced by a detached
+        copy, which deliberately cuts the graph to whatever produced them (per-object refinement must not write into, or
         backpropagate to, the generator's output). ``requires_grad`` is left as it is: the caller sets it.
         """
         if not isinstance(self.planes, nn.Parameter):

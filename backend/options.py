@@ -159,10 +159,6 @@ def check_texture_fits(size: int, available: int | None = None) -> int:
     return size
 
 
-def _check_texture_size(value: int) -> int:
-    return check_texture_fits(value)
-
-
 OPTIONS: dict[str, Option] = {
     opt.key: opt
     for opt in (
@@ -172,7 +168,7 @@ OPTIONS: dict[str, Option] = {
                choices=("vertex", "uv")),
         Option("texture_size", int, "texture side in pixels for texture uv (a size whose bake does not fit in the "
                "available memory is refused)", paths=("bake.texture_size",), minimum=16, maximum=16384,
-               validate=_check_texture_size),
+               validate=check_texture_fits),
         Option("faces", int, "decimate the mesh to at most N faces (quadric decimation)",
                paths=("extract.target_faces", "gtr.target_faces"), minimum=4, unset="no decimation"),
         Option("fit_steps", int, "field-fit steps (fit method)", paths=("fit.steps",), minimum=1),

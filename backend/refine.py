@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .cameras import Camera
 from .field import TriplaneField, requires_grad
@@ -38,15 +39,12 @@ from .views import View
 
 
 def texture_copy(field: TriplaneField) -> TriplaneField:
-    """The field to refine the texture on: its own triplane (a detached leaf copy) and colour MLP (a deep copy),
-    sharing the density MLP and prior (refinement never changes them). ``field`` itself stays as the fit (or the
-    generator) left it, so what is measured of it (e.g. volume PSNR before meshing) is not changed by refinement."""
-    copied = TriplaneField(
-        field.config,
-        planes=field.planes.detach().clone().requires_grad_(True),
-        mlp_sigma=field.mlp_sigma,
-        mlp_color=copy.deepcopy(field.mlp_color),
-    )
+    """The field to refine the texture on: its own triplane (a trainable parameter copy, so the refiners'
+    :meth:`~TriplaneField.trainable_planes` copies nothing more) and colour MLP (a deep copy), sharing the density
+    MLP and prior (refinement never changes them). ``field`` itself stays as the fit (or the generator) left it, so
+    what is measured of it (e.g. volume PSNR before meshing) is not changed by refinement."""
+    planes = nn.Parameter(field.planes.detach().clone())
+    copied = TriplaneField(field.config, planes, mlp_sigma=field.mlp_sigma, mlp_color=copy.deepcopy(field.mlp_color))
     copied.set_density_prior(field.density_prior)
     return copied
 

@@ -92,84 +92,73 @@ def reconstruct_gtr(
     device: torch.device,
     hooks: Hooks | None = None,
 ) -> GTRResult:
-    """Run the ``gtr`` method's stages under the float32 precision policy ``settings.precision``."""
+    """Run the ``gtr`` method's stages, under the float32 precision policy ``settings.precision``."""
     with float32_precision(settings.precision):
-        return _reconstruct(job, weights, settings, bake_config, device, hooks)
+        hooks = hooks or Hooks()
+        model = weights.config
+        timer = StageTimer()
+        lap = timer.lap
+        require_masks(job.views)
+        hooks.report("normalise", 0, 1, "canonical frame")
+        frame = canonical_frame(job.views, job.bounds, settings.rig, device, hooks)
+        views = [square_view(frame.view_to_canonical(v), model.input_size) for v in job.views]
+        warnings = rig_warnings([v.camera for v in views], settings.rig)
+        lap("normalise")
 
+        hooks.report("generate", 0, 1, f"generator on {len(views)} views")
+        generator, gtr_field = build_model(weights, device)
+        targets, _, x = model_inputs(views)
+        with torch.no_grad():
+            triplanes = generator(x.to(device), hooks=hooks)[0]
+        del generator
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        tri_field = gtr_field.on(triplanes.clone())
+        lap("generate")
 
-def _reconstruct(
-    job: Job,
-    weights: Weights,
-    settings: GTRSettings,
-    bake_config: BakeConfig,
-    device: torch.device,
-    hooks: Hooks | None = None,
-) -> GTRResult:
-    hooks = hooks or Hooks()
-    model = weights.config
-    timer = StageTimer()
-    lap = timer.lap
-    require_masks(job.views)
-    hooks.report("normalise", 0, 1, "canonical frame")
-    frame = canonical_frame(job.views, job.bounds, settings.rig, device, hooks)
-    views = [square_view(frame.view_to_canonical(v), model.input_size) for v in job.views]
-    warnings = rig_warnings([v.camera for v in views], settings.rig)
-    lap("normalise")
+        if settings.polish_steps > 0:
+            polish = FitConfig(steps=settings.polish_steps, max_seconds=settings.polish_seconds, train_mlps=False)
+            fit(views, polish, device, hooks, field=tri_field)
+            tri_field.planes.requires_grad_(False)
+            lap("polish")
 
-    hooks.report("generate", 0, 1, f"generator on {len(views)} views")
-    generator, gtr_field = build_model(weights, device)
-    targets, _, x = model_inputs(views)
-    with torch.no_grad():
-        triplanes = generator(x.to(device), hooks=hooks)[0]
-    del generator
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    tri_field = gtr_field.on(triplanes.clone())
-    lap("generate")
+        resolution = settings.mesh_resolution or model.mesh_resolution
+        hooks.report("extract", 0, 1, f"marching cubes {resolution}³")
+        grid = density_grid(tri_field, resolution, hooks=hooks)
+        verts, faces = extract_mesh(grid, model.mesh_level)
+        del grid
+        if faces.shape[0] == 0:
+            raise InputError(
+                f"the model found no surface (density never reaches {model.mesh_level:g}).",
+                fix="check that the masks and cameras describe the object, or use --method fit.",
+            )
+        mesh = Mesh(verts, faces)
+        if settings.target_faces:
+            mesh = decimate(mesh, settings.target_faces)
+        lap("extract")
 
-    if settings.polish_steps > 0:
-        polish = FitConfig(steps=settings.polish_steps, max_seconds=settings.polish_seconds, train_mlps=False)
-        fit(views, polish, device, hooks, field=tri_field)
-        tri_field.planes.requires_grad_(False)
-        lap("polish")
+        refine_settings = settings.refine
+        texture_field = texture_copy(tri_field)  # tri_field stays as the generator (and polish) left it
+        if refine_settings.iterations > 0:
+            tex_pts, covered = surface_images(mesh, [v.camera for v in views], refine_settings.raster_size, hooks)
+            trace = refine_texture_gtr(texture_field, tex_pts, covered, targets.to(device), refine_settings, hooks)
+            refine_loss = trace.losses[-1]
+        else:
+            refine_loss = None
+        lap("refine")
 
-    resolution = settings.mesh_resolution or model.mesh_resolution
-    hooks.report("extract", 0, 1, f"marching cubes {resolution}³")
-    grid = density_grid(tri_field, resolution, hooks=hooks)
-    verts, faces = extract_mesh(grid, model.mesh_level)
-    del grid
-    if faces.shape[0] == 0:
-        raise InputError(
-            f"the model found no surface (density never reaches {model.mesh_level:g}).",
-            fix="check that the masks and cameras describe the object, or use --method fit.",
-        )
-    mesh = Mesh(verts, faces)
-    if settings.target_faces:
-        mesh = decimate(mesh, settings.target_faces)
-    lap("extract")
-
-    refine_settings = settings.refine
-    texture_field = texture_copy(tri_field)  # tri_field stays as the generator (and polish) left it
-    if refine_settings.iterations > 0:
-        tex_pts, covered = surface_images(mesh, [v.camera for v in views], refine_settings.raster_size, hooks)
-        trace = refine_texture_gtr(texture_field, tex_pts, covered, targets.to(device), refine_settings, hooks)
-        refine_loss = trace.losses[-1]
-    else:
-        refine_loss = None
-    lap("refine")
-
-    baked = bake(mesh, texture_field.color, bake_config, hooks)
-    lap("bake")
-    timings = timer.finish()
-    world = baked.transformed(frame.world_from_canonical)
-    metrics = {
-        "method": "gtr",
-        "checkpoint": weights.source,
-        "seconds": timings["total"],
-        "faces": world.num_faces,
-        "vertices": world.num_vertices,
-        "refine_iterations": refine_settings.iterations,
-        "refine_l1": None if refine_loss is None else round(refine_loss, 5),
-    }
-    return GTRResult(mesh=world, canonical_mesh=baked, frame=frame, field=tri_field, texture_field=texture_field,
-                     views=views, warnings=warnings, timings=timings, metrics=metrics)
+        baked = bake(mesh, texture_field.color, bake_config, hooks)
+        lap("bake")
+        timings = timer.finish()
+        world = baked.transformed(frame.world_from_canonical)
+        metrics = {
+            "method": "gtr",
+            "checkpoint": weights.source,
+            "seconds": timings["total"],
+            "faces": world.num_faces,
+            "vertices": world.num_vertices,
+            "refine_iterations": refine_settings.iterations,
+            "refine_l1": None if refine_loss is None else round(refine_loss, 5),
+        }
+        return GTRResult(mesh=world, canonical_mesh=baked, frame=frame, field=tri_field, texture_field=texture_field,
+                         views=views, warnings=warnings, timings=timings, metrics=metrics)

@@ -12,8 +12,8 @@ What is read (keys at the top level apply to every frame; the same keys inside a
   ``fl_y`` equals ``fl_x``; missing ``cx``/``cy`` mean the image centre; missing ``w``/``h`` mean the image's
   size. Principal points use the pixel-corner convention (centre = W/2), as these formats do.
 - ``camera_model``: ``PINHOLE``, ``SIMPLE_PINHOLE``, ``OPENCV``, ``SIMPLE_RADIAL``, ``RADIAL`` are read as
-  pinhole; non-zero distortion (``k1`` ``k2`` ``k3`` ``k4`` ``p1`` ``p2``) gives a ``UserWarning`` and is ignored
-  (undistort the images for best results). ``OPENCV_FISHEYE``, ``FISHEYE``, ``EQUIRECTANGULAR`` and other
+  pinhole; non-zero distortion (``k1`` ``k2`` ``k3`` ``k4`` ``p1`` ``p2``) gives a warning (``Job.warnings``) and
+  is ignored (undistort the images for best results). ``OPENCV_FISHEYE``, ``FISHEYE``, ``EQUIRECTANGULAR`` and other
   models raise :class:`InputError`.
 - ``frames[i].mask_path`` (nerfstudio, optional): greyscale mask, > 0.5 = object.
 - ``frames[i].depth_file_path`` (optional): ``.npy`` in world units, or a 16-bit PNG scaled by
@@ -26,7 +26,6 @@ Views are named after ``file_path``'s stem; a view's index in messages is its fr
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -220,10 +219,8 @@ def load_transforms(
         images.append(image)
     notes = repeated_images(images, [v.name for v in views])
     if distorted:
-        note = (
+        notes.append(
             f"{path.name}: {len(distorted)} view(s) have lens distortion coefficients (first: '{distorted[0]}'); "
             "they are ignored, so undistort the images for best results."
         )
-        warnings.warn(note, UserWarning, stacklevel=2)
-        notes.append(note)
     return Job(views=views, bounds=bounds, options=options, source=str(path), warnings=notes)
