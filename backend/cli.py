@@ -1,6 +1,7 @@
-"""Command line: ``python -m backend reconstruct | demo | eval | convert-checkpoint``.
+"""Command line: ``python -m backend reconstruct | demo | eval | convert-checkpoint | serve``.
 
-Input errors print one line (no traceback) and exit with status 2; a cancel (Ctrl+C) exits with 130.
+Input errors print one line (no traceback) and exit with status 2; a cancel (Ctrl+C) exits with 130. ``serve`` is
+the Blender add-on's backend (JSON lines over stdin/stdout, :mod:`backend.serve`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("output", help="OUTPUT.safetensors (this program's format), any other name: official .pth")
     conv.add_argument("--trust-checkpoint", action="store_true", help=OPTIONS["trust_checkpoint"].help)
     conv.set_defaults(run=cmd_convert_checkpoint)
+
+    serve = sub.add_parser("serve", help="the Blender add-on's backend: JSON lines over stdin/stdout")
+    serve.set_defaults(run=cmd_serve)
     return parser
 
 
@@ -228,6 +232,12 @@ def cmd_convert_checkpoint(args) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve import main as serve_main
+
+    return serve_main()
 
 
 def main(argv: list[str] | None = None) -> int:

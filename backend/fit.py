@@ -233,13 +233,22 @@ def update_occupancy(field: TriplaneField, hull: OccupancyGrid, config: FitConfi
 
 
 def fit(
-    views: list[View], config: FitConfig, device, hooks: Hooks | None = None, field: TriplaneField | None = None
+    views: list[View],
+    config: FitConfig,
+    device,
+    hooks: Hooks | None = None,
+    field: TriplaneField | None = None,
+    hull: OccupancyGrid | None = None,
 ) -> FitResult:
-    """Optimise a triplane field (fresh, or the one given, e.g. from a generator) against canonical views."""
+    """Optimise a triplane field (fresh, or the one given, e.g. from a generator) against canonical views.
+
+    ``hull``: the views' visual hull on the fit's grid (:func:`hull_grid` at ``config.hull_resolution``) when the
+    caller carved it already, e.g. to show it; else it is carved here."""
     hooks = hooks or Hooks()
     start = time.perf_counter()
     pixels = gather_pixels(views, device)
-    hull = hull_grid(views, config.hull_resolution, device, hooks)
+    if hull is None:
+        hull = hull_grid(views, config.hull_resolution, device, hooks)
     if field is None:
         field = TriplaneField(config.field).to(device)
         field.set_density_prior(density_prior(hull, config))

@@ -10,6 +10,7 @@ Two methods share the stages' contracts:
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -21,9 +22,9 @@ from .errors import InputError
 from .export import ExportConfig, export_mesh, write_json_atomic
 from .extract import ExtractConfig, extract
 from .field import FieldConfig, TriplaneField
-from .fit import FitConfig, fit
+from .fit import FitConfig, fit, hull_grid
 from .frame import CanonicalFrame
-from .gtr.checkpoint import read_checkpoint
+from .gtr.checkpoint import Weights, read_checkpoint
 from .gtr.run import GTRSettings, reconstruct_gtr
 from .mesh import Mesh
 from .mesh_render import composite, render_mesh
@@ -31,6 +32,7 @@ from .metrics import psnr
 from .normalise import NormaliseConfig, normalise
 from .options import CONFIG_KEYS, OPTIONS
 from .options import apply as apply_options
+from .preview import coloured, hull_mesh, send_preview
 from .progress import Hooks, StageTimer
 from .refine import GTRRefineConfig, RefineConfig, refine_texture, texture_copy
 from .views import Job, View
@@ -222,21 +224,42 @@ def training_psnr(mesh: Mesh, views: list[View], hooks: Hooks | None = None) -> 
     return float(np.mean(scores))
 
 
-def reconstruct(job: Job, config: PipelineConfig, device: torch.device, hooks: Hooks | None = None) -> Reconstruction:
-    """Run every stage on a loaded job. Raises InputError for bad input and Cancelled when cancelled."""
+WeightsLoader = Callable[[str, bool, Hooks], Weights]
+"""(checkpoint path, trust, hooks) → checked weights; reports under stage ``checkpoint``. :func:`read_weights`
+reads the file every time; a long-lived caller (``python -m backend serve``) passes a cache."""
+
+
+def read_weights(path: str, trust: bool, hooks: Hooks) -> Weights:
+    """The default :data:`WeightsLoader`: read and check the checkpoint file."""
+    hooks.report("checkpoint", 0, 1, "reading the GTR weights")
+    return read_checkpoint(path, trust=trust)
+
+
+def reconstruct(
+    job: Job,
+    config: PipelineConfig,
+    device: torch.device,
+    hooks: Hooks | None = None,
+    load_weights: WeightsLoader = read_weights,
+) -> Reconstruction:
+    """Run every stage on a loaded job. Raises InputError for bad input and Cancelled when cancelled.
+
+    ``load_weights`` gives the ``gtr`` method its checkpoint. Previews (``hooks.preview``) come after the visual
+    hull and after extraction, before texture refinement."""
     method, checkpoint = choose_method(job.options)
     if method == "gtr":
-        result = _reconstruct_gtr(job, checkpoint, config, device, hooks)
+        result = _reconstruct_gtr(job, checkpoint, config, device, hooks, load_weights)
     else:
         result = _reconstruct_fit(job, config, device, hooks)
     result.warnings[:0] = [w for w in job.warnings if w not in result.warnings]  # the loader's come first
     return result
 
 
-def _reconstruct_gtr(job: Job, checkpoint: str, config: PipelineConfig, device, hooks) -> Reconstruction:
+def _reconstruct_gtr(
+    job: Job, checkpoint: str, config: PipelineConfig, device, hooks, load_weights: WeightsLoader
+) -> Reconstruction:
     hooks = hooks or Hooks()
-    hooks.report("checkpoint", 0, 1, "reading the GTR weights")
-    weights = read_checkpoint(checkpoint, trust=bool(job.options.get("trust_checkpoint", False)))
+    weights = load_weights(checkpoint, bool(job.options.get("trust_checkpoint", False)), hooks)
     out = reconstruct_gtr(job, weights, config.gtr, config.bake, device, hooks)
     out.metrics["train_psnr"] = round(training_psnr(out.canonical_mesh, out.views, hooks), 3)
     return Reconstruction(mesh=out.mesh, canonical_mesh=out.canonical_mesh, field=out.field,
@@ -251,7 +274,10 @@ def _reconstruct_fit(job: Job, config: PipelineConfig, device, hooks) -> Reconst
     views = [downscale(v, config.max_image_size) for v in job.views]
     canonical, frame, _ = normalise(views, job.bounds, config.normalise, device, hooks)
     lap("normalise")
-    fitted = fit(canonical, config.fit, device, hooks)
+    hull = hull_grid(canonical, config.fit.hull_resolution, device, hooks)
+    if all(v.mask is not None for v in canonical):  # without masks the "hull" is the whole box
+        send_preview(hooks, lambda: hull_mesh(hull), frame, "visual hull")
+    fitted = fit(canonical, config.fit, device, hooks, hull=hull)
     lap("fit")
     mesh = extract(fitted.field, fitted.occupancy, config.extract, hooks, canonical, fitted.hull)
     if mesh.num_faces == 0:
@@ -260,6 +286,7 @@ def _reconstruct_fit(job: Job, config: PipelineConfig, device, hooks) -> Reconst
             fix="check masks and cameras, or try a larger preset.",
         )
     lap("extract")
+    send_preview(hooks, lambda: coloured(mesh, fitted.field.color), frame, "surface")
     texture_field = texture_copy(fitted.field)  # fitted.field stays as the fit left it
     refined = refine_texture(texture_field, mesh, canonical, config.refine, hooks)
     lap("refine")

@@ -1,7 +1,9 @@
-"""Progress reporting and cancellation for long-running stages.
+"""Progress reporting, previews and cancellation for long-running stages.
 
 Every long loop calls ``hooks.report(stage, step, total)``; that both forwards progress and raises
-:class:`~backend.errors.Cancelled` when the caller asked to stop.
+:class:`~backend.errors.Cancelled` when the caller asked to stop. Stages that have an early mesh to show hand it
+to ``hooks.preview`` (see :mod:`backend.preview`). :class:`ProgressPacer` thins a stream of reports for a
+listener in another process and estimates each stage's time left.
 """
 
 from __future__ import annotations
@@ -11,11 +13,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
 
 from .errors import Cancelled
 
+if TYPE_CHECKING:
+    from .mesh import Mesh
+
 ProgressFn = Callable[[str, int, int, str], None]
 """(stage, step, total, message) → None."""
+PreviewFn = Callable[["Mesh", str], None]
+"""(mesh in the job's world frame, label) → None: a mesh worth showing now, before the result."""
 
 STAGES: dict[str, str] = {
     "scene": "the demo renders its procedural object",
@@ -56,12 +64,23 @@ def _no_progress(stage: str, step: int, total: int, message: str) -> None:
     return None
 
 
+def _no_preview(mesh: Mesh, label: str) -> None:
+    return None
+
+
 @dataclass
 class Hooks:
-    """What a stage needs from its caller: where to report progress, and whether to stop."""
+    """What a stage needs from its caller: where to report progress and previews, and whether to stop."""
 
     progress: ProgressFn = _no_progress
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    preview: PreviewFn = _no_preview
+    """Called with a world-frame mesh and a label when a stage has an early result; the default ignores it."""
+
+    @property
+    def wants_previews(self) -> bool:
+        """Whether anyone listens for previews (stages build preview meshes only then)."""
+        return self.preview is not _no_preview
 
     def report(self, stage: str, step: int, total: int, message: str = "") -> None:
         self.check_cancel()
@@ -73,6 +92,61 @@ class Hooks:
 
     def cancel(self) -> None:
         self.cancel_event.set()
+
+
+class Pace(NamedTuple):
+    """:meth:`ProgressPacer.update`'s verdict on one report."""
+
+    send: bool
+    """Whether to forward this report."""
+    eta: float | None
+    """Seconds left in the stage at its rate so far (0 at its last step); None until the stage has advanced."""
+
+
+@dataclass
+class _StageRun:
+    start_time: float
+    start_step: int
+    total: int
+    step: int
+    sent_time: float
+
+
+class ProgressPacer:
+    """Thins a stream of progress reports and estimates each stage's time left.
+
+    Per stage, a report is forwarded when it is the stage's first, when it is its last (``step >= total``), or
+    when at least ``interval`` seconds passed since the stage's last forwarded report; so at most about
+    1 / ``interval`` reports per second per stage reach the listener, and it always sees a stage start and end.
+
+    ETA: a stage's *run* starts at its first report, and again whenever its ``total`` changes or its ``step``
+    goes back (stages that loop over views several times). The estimate is
+    ``(total − step) · elapsed / (step − start step)``, from the run's start; None until the run has advanced by
+    a step, 0 at the last step.
+    """
+
+    def __init__(self, interval: float = 0.1, clock: Callable[[], float] = time.perf_counter):
+        self.interval = interval
+        self.clock = clock
+        self._runs: dict[str, _StageRun] = {}
+
+    def update(self, stage: str, step: int, total: int) -> Pace:
+        now = self.clock()
+        run = self._runs.get(stage)
+        if run is None or total != run.total or step < run.step:
+            self._runs[stage] = _StageRun(now, step, total, step, now)
+            return Pace(True, 0.0 if step >= total else None)
+        run.step = step
+        last = step >= total
+        eta = None
+        if last:
+            eta = 0.0
+        elif step > run.start_step:
+            eta = (total - step) * (now - run.start_time) / (step - run.start_step)
+        send = last or now - run.sent_time >= self.interval
+        if send:
+            run.sent_time = now
+        return Pace(send, eta)
 
 
 class ConsoleProgress:

@@ -1,13 +1,21 @@
-"""Shared test set-up: marker-based skips and the location of the shared data folder."""
+"""Shared test set-up: marker-based skips, the location of the shared data folder, and a hermetic Blender."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    # Before anything imports bpy: Blender's user folders and caches go to a temp dir, never ~/.config/blender.
+    blender_home = Path(tempfile.mkdtemp(prefix="gtr-tests-blender-"))
+    os.environ["BLENDER_USER_RESOURCES"] = str(blender_home / "resources")
+    os.environ["XDG_CACHE_HOME"] = str(blender_home / "cache")
 
 
 def _cuda_available() -> bool:

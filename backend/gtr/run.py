@@ -2,10 +2,10 @@
 
 Stages, as the official inference does them, around the user's cameras:
 1. move the views into the model's canonical frame (Y-up, object in [-1, 1]³) and make them square at the model's
-   input size; warn about cameras unlike the training rig;
+   input size; warn about cameras unlike the training rig; preview the visual hull (when someone listens);
 2. generator → triplanes; optionally a short fit (``polish_steps``) adapts the triplane (not the decoder MLPs) to
    the views;
-3. density on a grid, iso-level ``mesh_level``, marching cubes (official rule and vertex order);
+3. density on a grid, iso-level ``mesh_level``, marching cubes (official rule and vertex order); preview it;
 4. the official texture refinement (triplane + colour MLP, L1 against the inputs);
 5. vertex colours or a UV texture from the refined colour field; the mesh goes back to the user's world.
 """
@@ -21,8 +21,9 @@ from ..bake import BakeConfig, bake
 from ..errors import InputError
 from ..extract import decimate
 from ..field import density_grid
-from ..fit import FitConfig, fit
+from ..fit import FitConfig, fit, hull_grid
 from ..mesh import Mesh
+from ..preview import HULL_PREVIEW_CELLS, coloured, hull_mesh, send_preview
 from ..progress import Hooks, StageTimer
 from ..refine import GTRRefineConfig, refine_texture_gtr, surface_images, texture_copy
 from ..views import Job, View
@@ -103,6 +104,7 @@ def reconstruct_gtr(
         frame = canonical_frame(job.views, job.bounds, settings.rig, device, hooks)
         views = [square_view(frame.view_to_canonical(v), model.input_size) for v in job.views]
         warnings = rig_warnings([v.camera for v in views], settings.rig)
+        send_preview(hooks, lambda: hull_mesh(hull_grid(views, HULL_PREVIEW_CELLS, device)), frame, "visual hull")
         lap("normalise")
 
         hooks.report("generate", 0, 1, f"generator on {len(views)} views")
@@ -136,6 +138,7 @@ def reconstruct_gtr(
         if settings.target_faces:
             mesh = decimate(mesh, settings.target_faces)
         lap("extract")
+        send_preview(hooks, lambda: coloured(mesh, tri_field.color), frame, "surface")
 
         refine_settings = settings.refine
         texture_field = texture_copy(tri_field)  # tri_field stays as the generator (and polish) left it
