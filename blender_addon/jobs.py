@@ -5,7 +5,9 @@ loaded, freed by "Release backend" and on unregister) and runs one job at a time
 
     start()  → writes nothing itself (the job folder is ready), starts the backend if needed, sends ``run``
     drain()  → applies the backend's messages: progress → the panel; preview → one object updated in place;
-               result → that object becomes the final object (one undo step); error / cancelled → no object left
+               result → that object becomes the final object (one undo step); error / cancelled → no object left.
+               A mesh file is read (and its edges computed) in a worker thread first; drain() builds at most one
+               mesh per call, so no call holds Blender's main thread for long
     cancel() → asks the backend to stop; :func:`drain` kills it if it has not answered within ``CANCEL_GRACE_S``
 
 In the app :func:`drain` runs as a ``bpy.app.timers`` callback; in background mode (batch scripts, tests) timers
@@ -17,6 +19,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +50,15 @@ class Outcome:
 
 
 @dataclass
+class PendingMesh:
+    """A preview or the result whose file is being read in the worker thread."""
+
+    arrays: Future
+    final: bool
+    message: dict
+
+
+@dataclass
 class Job:
     job_id: str
     job_dir: Path
@@ -64,6 +76,7 @@ class Job:
     cancel_requested: float | None = None
     first_preview_s: float | None = None
     """Seconds from start() to the first preview object in the scene."""
+    pending: list[PendingMesh] = field(default_factory=list)
     outcome: Outcome | None = None
 
 
@@ -74,6 +87,18 @@ class Session:
         self.backend: BackendProcess | None = None
         self.job: Job | None = None
         self.longest_drain_s = 0.0
+        self._reader: ThreadPoolExecutor | None = None
+
+    def read_mesh(self, path: Path) -> Future:
+        """Read a mesh file (and compute its edges) in the worker thread."""
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gtr-mesh-reader")
+        return self._reader.submit(importer.prepare_mesh, path)
+
+    def stop_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)
+            self._reader = None
 
 
 session = Session()
@@ -112,6 +137,20 @@ def cancel() -> None:
             pass
 
 
+@bpy.app.handlers.persistent
+def on_load_pre(*_args) -> None:
+    """Opening another file ends the running job (its scene goes away): cancelled, its preview object removed."""
+    job = session.job
+    if job is None:
+        return
+    if job.sent and session.backend is not None and session.backend.alive:
+        try:
+            session.backend.send(protocol.message("cancel", job_id=job.job_id))
+        except BackendError:
+            pass
+    _finish(job, Outcome("cancelled", "cancelled: another file was opened"))
+
+
 def release_backend() -> None:
     """Stop the backend process (frees its memory); a running job is cancelled first."""
     if session.job is not None:
@@ -126,6 +165,7 @@ def shutdown() -> None:
     if bpy.app.timers.is_registered(drain):
         bpy.app.timers.unregister(drain)
     release_backend()
+    session.stop_reader()
 
 
 def new_job_id() -> str:
@@ -148,6 +188,9 @@ def drain() -> float | None:
             _apply(job, msg)
             if session.job is not job:
                 return None
+        _build_next(job)
+        if session.job is not job:
+            return None
         if backend is None or not backend.alive:
             text = backend.exit_message() if backend else "the backend is not running."
             log = backend.stderr_tail() if backend else ""
@@ -198,20 +241,9 @@ def _apply(job: Job, msg: dict) -> None:
     if kind == "progress":
         _progress(job, msg)
     elif kind == "preview":
-        _show(job, Path(msg["path"]), final=False)
-        if job.first_preview_s is None:
-            job.first_preview_s = time.perf_counter() - job.started
+        job.pending.append(PendingMesh(session.read_mesh(Path(msg["path"])), False, msg))
     elif kind == "result":
-        files = msg["files"]
-        obj = _show(job, Path(files["npz"]), final=True)
-        if obj is None:
-            return
-        metrics = msg["metrics"]
-        seconds = time.perf_counter() - job.started
-        text = f"done in {seconds:.1f} s: {metrics.get('faces', 0):,} faces"
-        if metrics.get("warnings"):
-            text += f"; {len(metrics['warnings'])} warning(s): " + " | ".join(metrics["warnings"])
-        _finish(job, Outcome("done", text, obj.name, files, metrics))
+        job.pending.append(PendingMesh(session.read_mesh(Path(msg["files"]["npz"])), True, msg))
     elif kind == "cancelled":
         _finish(job, Outcome("cancelled", "cancelled"))
     elif kind == "error":
@@ -249,24 +281,43 @@ def _progress(job: Job, msg: dict) -> None:
     _redraw()
 
 
-def _show(job: Job, npz: Path, final: bool):
-    """Build or update the job's one object from a mesh file; the final one gets the job's object name."""
+def _build_next(job: Job) -> None:
+    """Build the oldest mesh whose file has been read (a preview already followed by a newer mesh is skipped)."""
+    while job.pending and job.pending[0].arrays.done():
+        pending = job.pending.pop(0)
+        if not pending.final and job.pending:
+            continue  # stale: a newer preview or the result is on its way
+        obj = _show(job, pending)
+        if pending.final and obj is not None:
+            msg = pending.message
+            metrics = msg["metrics"]
+            text = f"done in {time.perf_counter() - job.started:.1f} s: {metrics.get('faces', 0):,} faces"
+            if metrics.get("warnings"):
+                text += f"; {len(metrics['warnings'])} warning(s): " + " | ".join(metrics["warnings"])
+            _finish(job, Outcome("done", text, obj.name, msg["files"], metrics))
+        return
+
+
+def _show(job: Job, pending: PendingMesh):
+    """Build or update the job's one object from a read mesh file; the final one gets the job's object name."""
     scene = bpy.data.scenes.get(job.scene_name)
     if scene is None:
         _finish(job, Outcome("error", "the scene the job was started from is gone."))
         return None
     current = bpy.data.objects.get(job.preview_object) if job.preview_object else None
+    name = job.object_name if pending.final else f"{job.object_name} (preview)"
     try:
-        arrays = importer.read_mesh_npz(npz)
-        name = job.object_name if final else f"{job.object_name} (preview)"
+        arrays = pending.arrays.result()
         obj = importer.update_object(current, name, scene.collection, arrays, arrays.texture_path)
-        if final and obj.name != name:
-            obj.name = name  # the preview object becomes the result
-    except (OSError, ValueError, importer.MeshFileError) as err:
-        if final:
-            _finish(job, Outcome("error", f"could not read the result {npz}: {err}"))
+    except (OSError, ValueError, RuntimeError) as err:  # MeshFileError is a ValueError
+        if pending.final:
+            _finish(job, Outcome("error", f"could not build the result: {err}"))
         return None
+    if pending.final and obj.name != name:
+        obj.name = name  # the preview object becomes the result
     job.preview_object = obj.name
+    if job.first_preview_s is None:
+        job.first_preview_s = time.perf_counter() - job.started
     _redraw()
     return obj
 

@@ -148,6 +148,28 @@ def test_positions_and_triangles_round_trip_exactly(tmp_path, clean_scene):
     assert not obj.hide_select
 
 
+def test_edges_computed_off_the_main_thread_equal_blenders(tmp_path, clean_scene):
+    path = write_npz(tmp_path / "mesh.npz", **grid_arrays())
+    ours = importer.build_mesh("ours", importer.prepare_mesh(path))
+    blenders = importer.build_mesh("blender's", importer.read_mesh_npz(path))
+
+    def edges(mesh):
+        e = np.empty(len(mesh.edges) * 2, np.int32)
+        mesh.attributes[".edge_verts"].data.foreach_get("value", e)
+        return {tuple(sorted(pair)) for pair in e.reshape(-1, 2).tolist()}
+
+    def corner_edges(mesh):
+        c = np.empty(len(mesh.loops), np.int32)
+        mesh.attributes[".corner_edge"].data.foreach_get("value", c)
+        pairs = np.empty(len(mesh.edges) * 2, np.int32)
+        mesh.attributes[".edge_verts"].data.foreach_get("value", pairs)
+        return [tuple(sorted(pair)) for pair in pairs.reshape(-1, 2)[c].tolist()]
+
+    assert edges(ours) == edges(blenders)
+    assert corner_edges(ours) == corner_edges(blenders)  # each corner's edge is the same pair of vertices
+    assert ours.validate(verbose=False) is False  # nothing needed fixing
+
+
 def test_vertex_colors_are_a_linear_float_point_attribute(tmp_path, clean_scene):
     arrays = grid_arrays()
     read = importer.read_mesh_npz(write_npz(tmp_path / "mesh.npz", **arrays))

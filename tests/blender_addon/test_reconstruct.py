@@ -168,3 +168,16 @@ def test_bad_views_are_named_and_nothing_is_sent(addon, clean_scene, tmp_path):
         bpy.ops.gtr.reconstruct()
     assert settings.status.startswith("view 5") and "panoramic" in settings.status
     assert jobs.session.backend is None and jobs.session.job is None
+
+
+def test_opening_another_file_cancels_the_job(addon, clean_scene, tmp_path):
+    import bpy
+
+    _sphere_scene(bpy, clean_scene, tmp_path)
+    jobs, job = _start(bpy, addon, clean_scene)
+    _drain_until(jobs, lambda: job.preview_object is not None)
+    bpy.ops.wm.read_homefile(use_empty=True)  # the load_pre handler ends the job before the scene goes
+    assert jobs.session.job is None and job.outcome.state == "cancelled"
+    backend = jobs.session.backend
+    assert backend.wait_for(("cancelled",), timeout=5)["job_id"] == job.job_id  # the backend stopped it too
+    jobs.release_backend()

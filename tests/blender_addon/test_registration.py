@@ -28,6 +28,7 @@ def test_register_unregister_twice_leaves_nothing(addon):
     assert hasattr(bpy.types.Scene, "gtr") and hasattr(bpy.types, "GTR_OT_reconstruct")
     for _ in range(2):
         jobs = addon.part("jobs")
+        assert jobs.on_load_pre in bpy.app.handlers.load_pre
         # a running backend and a registered timer, as in the app while a job runs
         backend = jobs.BackendProcess(sys.executable).start()
         jobs.session.backend = backend
