@@ -10,7 +10,9 @@ Format notes:
 * ``npz``: plain arrays only, stored uncompressed (``np.load(..., allow_pickle=False)`` works): float32
   ``positions`` (N, 3), int32 ``triangles`` (M, 3), optional uint8 ``vertex_colors`` (N, 4) sRGB bytes with
   alpha 255, optional float32 ``uvs`` (M, 3, 2) per-corner (v up) plus a unicode scalar ``texture`` naming the PNG
-  beside it.
+  beside it; and the edges, so the add-on need not compute them: int32 ``edges`` (E, 2), each undirected edge
+  once (lower vertex index first), and int32 ``corner_edges`` (3M,), the edge from corner k of a triangle to
+  corner k + 1 (an index into ``edges``).
 * ``glb``: glTF 2.0 is +Y up, so positions and normals map (x, y, z) → (x, z, −y). ``COLOR_0`` is *linear*
   (sRGB is decoded with the exact transfer function); a texture PNG stays sRGB. glTF's UV origin is the top-left
   corner of the image, so v_gltf = 1 − v.
@@ -191,10 +193,25 @@ def _colors_u8(colors: np.ndarray) -> np.ndarray:
 # Encoders: each returns the bytes of one file
 
 
+def mesh_edges(triangles: np.ndarray, num_vertices: int) -> tuple[np.ndarray, np.ndarray]:
+    """(edges (E, 2) int32, corner_edges (3M,) int32) of (M, 3) triangles: each undirected edge once, lower vertex
+    index first, sorted; corner k's edge runs from its vertex to the next corner's."""
+    tri = np.asarray(triangles, dtype=np.int64)
+    start, end = tri.reshape(-1), np.roll(tri, -1, axis=1).reshape(-1)
+    n = np.int64(max(num_vertices, 1))
+    unique, corner_edges = np.unique(np.minimum(start, end) * n + np.maximum(start, end), return_inverse=True)
+    edges = np.stack([unique // n, unique % n], axis=1).astype(np.int32)
+    return edges, corner_edges.reshape(-1).astype(np.int32)
+
+
 def _encode_npz(a: _Arrays) -> bytes:
+    triangles = np.ascontiguousarray(a.triangles, dtype=np.int32)
+    edges, corner_edges = mesh_edges(triangles, len(a.positions))
     arrays: dict[str, np.ndarray] = {
         "positions": np.ascontiguousarray(a.positions, dtype=np.float32),
-        "triangles": np.ascontiguousarray(a.triangles, dtype=np.int32),
+        "triangles": triangles,
+        "edges": edges,
+        "corner_edges": corner_edges,
     }
     if a.colors is not None:
         arrays["vertex_colors"] = _colors_u8(a.colors)

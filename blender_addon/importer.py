@@ -42,7 +42,7 @@ SMOOTH_ANGLE = math.radians(30.0)
 ROUGHNESS = 0.8
 NEUTRAL_GREY = (0.5, 0.5, 0.5, 1.0)  # base colour of a mesh with neither vertex colours nor a texture
 
-_KEYS = ("positions", "triangles", "vertex_colors", "uvs", "texture")
+_KEYS = ("positions", "triangles", "vertex_colors", "uvs", "texture", "edges", "corner_edges")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -143,7 +143,28 @@ def _validated(raw: dict[str, np.ndarray], folder: Path) -> MeshArrays:
         keep = ~degenerate
         triangles = np.ascontiguousarray(triangles[keep])
         uvs = None if uvs is None else np.ascontiguousarray(uvs[keep])
-    return MeshArrays(positions, triangles, vertex_colors, uvs, texture_path, dropped)
+    edges, corner_edges = (None, None) if dropped else _checked_edges(raw, triangles)
+    return MeshArrays(positions, triangles, vertex_colors, uvs, texture_path, dropped, edges, corner_edges)
+
+
+def _checked_edges(raw: dict[str, np.ndarray], triangles: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The file's ``edges`` / ``corner_edges`` when both are there and every corner's edge joins that corner's
+    vertex and the next one (so Blender gets a consistent mesh), else (None, None): they are computed again."""
+    if "edges" not in raw or "corner_edges" not in raw:
+        return None, None
+    edges = _typed(raw["edges"], "edges", "iu", np.int32)
+    corner_edges = _typed(raw["corner_edges"], "corner_edges", "iu", np.int32).reshape(-1)
+    if edges.ndim != 2 or edges.shape[1] != 2 or corner_edges.shape[0] != triangles.size or edges.shape[0] == 0:
+        raise MeshFileError(f"'edges' {edges.shape} / 'corner_edges' {corner_edges.shape} do not fit the triangles")
+    if int(raw["corner_edges"].min()) < 0 or int(raw["corner_edges"].max()) >= edges.shape[0]:
+        raise MeshFileError("'corner_edges' points outside 'edges'")
+    start, end = triangles.reshape(-1), np.roll(triangles, -1, axis=1).reshape(-1)
+    pairs = edges[corner_edges]
+    if not np.array_equal(pairs.min(axis=1), np.minimum(start, end)) or not np.array_equal(
+        pairs.max(axis=1), np.maximum(start, end)
+    ):
+        raise MeshFileError("'corner_edges' does not match the triangles' corners")
+    return edges, corner_edges
 
 
 def _typed(array: np.ndarray, key: str, kinds: str, dtype: type) -> np.ndarray:
@@ -186,9 +207,10 @@ def with_edges(arrays: MeshArrays) -> MeshArrays:
 
 
 def prepare_mesh(path: str | Path) -> MeshArrays:
-    """Everything of an import that needs no bpy: read and validate the file, compute the edges. Called in a
-    worker thread while a job runs, so Blender's main thread only builds the datablocks."""
-    return with_edges(read_mesh_npz(path))
+    """Everything of an import that needs no bpy: read and validate the file, and its edges (computed when the file
+    does not carry them). Called in a worker thread while a job runs, so Blender's main thread only builds."""
+    arrays = read_mesh_npz(path)
+    return arrays if arrays.edges is not None else with_edges(arrays)
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -85,8 +85,15 @@ def test_npz_coloured_cube(tmp_path):
     paths = export_mesh(mesh, tmp_path, ExportConfig(formats=("npz",)))
     assert set(paths) == {"npz"} and paths["npz"] == tmp_path / "mesh.npz"
     with np.load(paths["npz"], allow_pickle=False) as z:
-        assert set(z.files) == {"positions", "triangles", "vertex_colors"}
+        assert set(z.files) == {"positions", "triangles", "vertex_colors", "edges", "corner_edges"}
         assert z["positions"].dtype == np.float32 and z["positions"].shape == (8, 3)
+        # a closed cube of 12 triangles: 18 edges (V − E + F = 2), each corner's edge joins it to the next corner
+        edges, corner_edges = z["edges"], z["corner_edges"]
+        assert edges.dtype == corner_edges.dtype == np.int32 and edges.shape == (18, 2)
+        assert len({tuple(e) for e in edges.tolist()}) == 18 and (edges[:, 0] < edges[:, 1]).all()
+        tri = z["triangles"]
+        pairs = np.sort(np.stack([tri.reshape(-1), np.roll(tri, -1, axis=1).reshape(-1)], 1), axis=1)
+        np.testing.assert_array_equal(edges[corner_edges], pairs)
         assert z["triangles"].dtype == np.int32 and z["triangles"].shape == (12, 3)
         assert z["vertex_colors"].dtype == np.uint8 and z["vertex_colors"].shape == (8, 4)
         np.testing.assert_array_equal(z["positions"], mesh.vertices.numpy())
@@ -114,7 +121,9 @@ def test_npz_is_a_plain_zip_of_npy(tmp_path):
     paths = export_mesh(textured_quad(), tmp_path, ExportConfig(formats=("npz",), stem="preview"))
     assert paths["npz"].name == "preview.npz" and paths["texture"].name == "preview_texture.png"
     with zipfile.ZipFile(paths["npz"]) as zf:
-        assert sorted(zf.namelist()) == ["positions.npy", "texture.npy", "triangles.npy", "uvs.npy"]
+        names = ["corner_edges.npy", "edges.npy", "positions.npy", "texture.npy", "triangles.npy", "uvs.npy"]
+        assert sorted(zf.namelist()) == names
+        assert {info.compress_type for info in zf.infolist()} == {zipfile.ZIP_STORED}  # uncompressed: fast to read
 
 
 # ---------------------------------------------------------------------------------------------------------- glb

@@ -148,9 +148,14 @@ def test_positions_and_triangles_round_trip_exactly(tmp_path, clean_scene):
     assert not obj.hide_select
 
 
-def test_edges_computed_off_the_main_thread_equal_blenders(tmp_path, clean_scene):
-    path = write_npz(tmp_path / "mesh.npz", **grid_arrays())
+def test_edges_from_the_file_or_computed_off_the_main_thread_equal_blenders(tmp_path, clean_scene):
+    grid = grid_arrays()
+    path = write_npz(tmp_path / "mesh.npz", **grid)
+    from_file = write_npz(tmp_path / "with_edges.npz", **grid, **_edges(grid, lambda e, c: (e, c)))
+    assert importer.read_mesh_npz(path).edges is None
+    assert importer.read_mesh_npz(from_file).edges is not None
     ours = importer.build_mesh("ours", importer.prepare_mesh(path))
+    theirs = importer.build_mesh("the file's", importer.prepare_mesh(from_file))
     blenders = importer.build_mesh("blender's", importer.read_mesh_npz(path))
 
     def edges(mesh):
@@ -165,9 +170,9 @@ def test_edges_computed_off_the_main_thread_equal_blenders(tmp_path, clean_scene
         mesh.attributes[".edge_verts"].data.foreach_get("value", pairs)
         return [tuple(sorted(pair)) for pair in pairs.reshape(-1, 2)[c].tolist()]
 
-    assert edges(ours) == edges(blenders)
-    assert corner_edges(ours) == corner_edges(blenders)  # each corner's edge is the same pair of vertices
-    assert ours.validate(verbose=False) is False  # nothing needed fixing
+    assert edges(ours) == edges(theirs) == edges(blenders)
+    assert corner_edges(ours) == corner_edges(theirs) == corner_edges(blenders)  # the same pair for each corner
+    assert ours.validate(verbose=False) is False and theirs.validate(verbose=False) is False  # nothing to fix
 
 
 def test_vertex_colors_are_a_linear_float_point_attribute(tmp_path, clean_scene):
@@ -396,6 +401,14 @@ def test_remove_object_keeps_a_material_something_else_uses(tmp_path, clean_scen
 # Broken files
 
 
+def _edges(arrays: dict, spoil) -> dict[str, np.ndarray]:
+    """The backend's edge arrays of ``arrays``, passed through ``spoil(edges, corner_edges)``."""
+    from backend.export import mesh_edges
+
+    edges, corner_edges = spoil(*mesh_edges(arrays["triangles"], len(arrays["positions"])))
+    return {"edges": edges, "corner_edges": corner_edges}
+
+
 def broken_cases() -> dict[str, tuple[dict, str]]:
     box = box_arrays()
     cases = {
@@ -413,6 +426,9 @@ def broken_cases() -> dict[str, tuple[dict, str]]:
         "texture path": (dict(box, uvs=np.zeros((12, 3, 2), np.float32), texture=np.array("../t.png")), "plain file"),
         "texture missing": (dict(box, uvs=np.zeros((12, 3, 2), np.float32), texture=np.array("gone.png")), "gone.png"),
         "texture not png": (dict(box, uvs=np.zeros((12, 3, 2), np.float32), texture=np.array("t.txt")), "not a PNG"),
+        "edges not (E, 2)": (dict(box, **_edges(box, lambda e, c: (e[:, :1], c))), "do not fit the triangles"),
+        "corner edge out of range": (dict(box, **_edges(box, lambda e, c: (e, c + 1))), "points outside 'edges'"),
+        "corner edges shuffled": (dict(box, **_edges(box, lambda e, c: (e, c[::-1].copy()))), "does not match"),
     }
     return cases
 
