@@ -7,7 +7,8 @@ The messages and their fields are :mod:`backend.protocol`'s. This module is the 
 - the main thread reads stdin and answers at once; a job runs in a worker thread, one job at a time, so a
   ``cancel`` is read while the job runs (the job stops at its next cancel point);
 - a GTR checkpoint stays in memory between jobs (:class:`CheckpointCache`);
-- torch and the pipeline are imported before ``ready`` is sent, so the first job starts without that wait.
+- torch and the pipeline are imported before ``ready`` is sent, so the first job starts without that wait; the
+  rest of the warm-up (:func:`warm_up`) runs in a thread after it.
 
 Exit status: 0 after ``shutdown`` or when stdin closes (the add-on is gone), a running job cancelled first;
 :data:`EXIT_PROTOCOL_MISMATCH` when the add-on speaks another protocol version (after an ``error`` saying what to
@@ -80,6 +81,15 @@ def claim_stdout() -> TextIO:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     return os.fdopen(protocol_fd, "w", encoding="utf-8", newline="\n")
+
+
+def warm_up() -> None:
+    """What the first job would otherwise wait for: the first optimiser built in a process imports torch._dynamo
+    (about 1.4 s on a 2-core CPU), which also delayed a cancel arriving in the first fit step. Run in a thread
+    after ``ready``, so neither the handshake nor the first preview waits for it."""
+    import torch
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
 
 def backend_facts() -> dict:
@@ -295,10 +305,14 @@ class Server:
             log(problem)
             self.channel.send(protocol.error(problem, error_type="ProtocolMismatch"))
             return EXIT_PROTOCOL_MISMATCH
-        if self._ready is None:
+        first = self._ready is None
+        if first:
             self._ready = backend_facts()
             log(f"ready: {self._ready}")
         self.channel.send(protocol.message("ready", **self._ready))
+        if first:
+            # not a daemon: the interpreter waits for it at exit (ending inside an import aborts the process)
+            threading.Thread(target=warm_up, name="warm-up").start()
         return None
 
     def on_run(self, msg: dict) -> None:

@@ -94,5 +94,4 @@ def test_readme_batch_example_runs(addon, clean_scene, tmp_path):
     assert result.active_material is not None and len(result.data.polygons) > 100
     centre = sum((result.matrix_world @ v.co for v in result.data.vertices), start=cube.location * 0)
     centre /= len(result.data.vertices)
-    print(f"result centre {tuple(centre)} vs cube {tuple(cube.location)}")
-    assert (centre - cube.location).length < 0.1  # measured 0.0
+    assert (centre - cube.location).length < 0.05  # measured 0.018 (the cube's edges are 1.2)
