@@ -159,15 +159,23 @@ class BackendProcess:
             except (OSError, ValueError) as err:
                 raise BackendError(f"could not write to the backend ({err}).", self.stderr_tail()) from None
 
-    def messages(self) -> list[dict]:
-        """Every message that has arrived since the last call (never blocks). A line from the backend that is not a
-        valid message arrives as an ``error`` message (error_type ``ProtocolError``), not dropped silently."""
+    def messages(self, limit: int | None = None) -> list[dict]:
+        """The messages that have arrived, oldest first, at most ``limit`` (the rest stay for the next call); never
+        blocks. A line from the backend that is not a valid message arrives as an ``error`` message (error_type
+        ``ProtocolError``), not dropped silently."""
         out = []
-        while True:
+        while limit is None or len(out) < limit:
             try:
                 out.append(self._queue.get_nowait())
             except queue.Empty:
-                return out
+                break
+        return out
+
+    @property
+    def gone(self) -> bool:
+        """The process has exited, its output is read to the end, and every message was taken."""
+        reading = bool(self._threads) and self._threads[0].is_alive()
+        return not self.alive and not reading and self._queue.empty()
 
     def wait_for(self, types: tuple[str, ...], timeout: float, on_message=None) -> dict:
         """Block until a message of one of ``types`` arrives (others go to ``on_message``); for background runs,

@@ -119,9 +119,14 @@ def start(job: Job, python: str) -> None:
     if backend is None or not backend.alive:
         session.backend = backend = BackendProcess(python).start()
     session.job = job
-    if backend.ready is not None:
+    if backend.ready is None:  # drain() sends the run once the backend answered the handshake
+        _status(job, "STARTING", stage="starting the backend")
+        return
+    try:
         _send_run(job)
-    _status(job, "STARTING" if not job.sent else "RUNNING", stage="starting the backend")
+    except BackendError:
+        session.job = None
+        raise
 
 
 def cancel() -> None:
@@ -130,11 +135,15 @@ def cancel() -> None:
         return
     job.cancel_requested = time.perf_counter()
     _status(job, "CANCELLING", stage="cancelling")
+    _send_cancel(job)
+
+
+def _send_cancel(job: Job) -> None:
     if job.sent and session.backend is not None and session.backend.alive:
         try:
             session.backend.send(protocol.message("cancel", job_id=job.job_id))
         except BackendError:
-            pass
+            pass  # it died: drain() reports that
 
 
 @bpy.app.handlers.persistent
@@ -143,11 +152,7 @@ def on_load_pre(*_args) -> None:
     job = session.job
     if job is None:
         return
-    if job.sent and session.backend is not None and session.backend.alive:
-        try:
-            session.backend.send(protocol.message("cancel", job_id=job.job_id))
-        except BackendError:
-            pass
+    _send_cancel(job)
     _finish(job, Outcome("cancelled", "cancelled: another file was opened"))
 
 
@@ -184,14 +189,15 @@ def drain() -> float | None:
         if job is None:
             return None
         backend = session.backend
-        for msg in backend.messages()[:MESSAGES_PER_DRAIN] if backend else ():
+        for msg in backend.messages(MESSAGES_PER_DRAIN) if backend else ():
             _apply(job, msg)
             if session.job is not job:
                 return None
         _build_next(job)
         if session.job is not job:
             return None
-        if backend is None or not backend.alive:
+        result_on_its_way = any(pending.final for pending in job.pending)
+        if (backend is None or backend.gone) and not result_on_its_way:
             text = backend.exit_message() if backend else "the backend is not running."
             log = backend.stderr_tail() if backend else ""
             session.backend = None

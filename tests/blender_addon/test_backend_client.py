@@ -71,3 +71,18 @@ def test_test_backend_button_shows_the_answer(addon):
     result = bpy.context.preferences.addons[addon.name].preferences.test_result
     assert result.startswith(f"OK: backend {__import__('backend').__version__} (protocol {protocol.PROTOCOL_VERSION})")
     assert "device cpu" in result or "device cuda" in result
+
+
+def test_messages_are_taken_at_most_limit_at_a_time(backend, tmp_path):
+    import time
+
+    backend.handshake(timeout=60)
+    for n in range(3):  # each answered by one error: the first for its missing job.json, the others Busy or alike
+        backend.send(protocol.message("run", job_id=f"job{n}", job_dir=str(tmp_path / f"missing{n}")))
+    deadline = time.monotonic() + 30
+    while backend._queue.qsize() < 3:
+        assert time.monotonic() < deadline, "the backend did not answer three runs"
+        time.sleep(0.05)
+    first, rest = backend.messages(limit=2), backend.messages()
+    assert len(first) == 2 and len(rest) == 1  # nothing beyond the limit is lost
+    assert sorted(m["job_id"] for m in first + rest) == ["job0", "job1", "job2"]  # Busy may overtake job0's error
