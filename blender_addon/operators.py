@@ -222,7 +222,7 @@ class GTR_OT_reconstruct(bpy.types.Operator):
 
 class GTR_OT_reconstruct_selected(bpy.types.Operator):
     """One click: ring cameras around the selected objects, render them, and reconstruct a light textured mesh
-    (no photos needed)"""
+    (no photos needed). The view list is replaced by the ring"""
 
     bl_idname = "gtr.reconstruct_selected"
     bl_label = "Reconstruct Selected Object"
