@@ -56,7 +56,7 @@ class GTR_OT_add_selected_cameras(bpy.types.Operator):
         result = pairing.pair_views(cameras, context.scene, folder)
         added = _add_rows(settings, result.views)
         for unpaired in result.unpaired:
-            self.report({"WARNING"}, unpaired.reason)
+            self.report({"WARNING"}, unpaired.message)
         self.report({"INFO"}, f"{added} view(s) added, {len(result.unpaired)} camera(s) without an image")
         return {"FINISHED"}
 
@@ -152,7 +152,7 @@ def render_rows(context, rows, folder) -> None:
 
 class GTR_OT_render_views(bpy.types.Operator):
     """Render every camera of the view list with Cycles (transparent film) into the job folder and pair the
-    renders with the cameras"""
+    renders with the cameras (views posed at an explicit frame keep their images)"""
 
     bl_idname = "gtr.render_views"
     bl_label = "Render Views"
@@ -165,13 +165,20 @@ class GTR_OT_render_views(bpy.types.Operator):
     def execute(self, context):
         settings = _settings(context)
         _prune_rows(settings)
+        rows = [row for row in settings.views if row.frame < 0]  # rows posed at other frames keep their images
+        if not rows:
+            self.report({"ERROR"}, "every view is posed at an explicit frame: Render Views renders the current one")
+            return {"CANCELLED"}
         folder = job_writer.views_folder(settings, context.scene.name)
         try:
-            render_rows(context, list(settings.views), folder)
+            render_rows(context, rows, folder)
         except (RuntimeError, ValueError) as err:
             self.report({"ERROR"}, f"rendering failed: {err}")
             return {"CANCELLED"}
-        self.report({"INFO"}, f"{len(settings.views)} views rendered into {folder}")
+        kept = len(settings.views) - len(rows)
+        self.report(
+            {"INFO"}, f"{len(rows)} views rendered into {folder}" + (f"; {kept} at other frames kept" if kept else "")
+        )
         return {"FINISHED"}
 
 
