@@ -1,6 +1,7 @@
 """The README's batch example, run as written: a saved .blend with two marked collections (an object to ring and
 render, and cameras without images), the add-on installed into the user extensions, a separate Python process.
-The good set becomes an object and a GLB; the broken one is reported and does not stop the run."""
+The good set becomes an object (with a UV texture packed into the saved file) and a GLB; the broken one is reported
+and does not stop the run."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.blender_addon.test_reconstruct import QUICK
@@ -63,6 +65,8 @@ def _marked_scene(bpy, scene, folder: Path) -> Path:
     settings.work_folder = str(folder / "jobs")
     settings.ring_count, settings.render_size, settings.render_samples = 10, 128, 4
     settings.extra_options = json.dumps(QUICK)
+    settings.render_source = "ALBEDO"  # the scene has no light: the Diffuse Color pass still shows the green
+    settings.texture, settings.texture_size = "uv", 256  # the UV path end to end (test_reconstruct: vertex colours)
     path = folder / "scene.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(path), copy=True)
     return path
@@ -91,7 +95,17 @@ def test_readme_batch_example_runs(addon, clean_scene, tmp_path):
     # the saved file holds the new object, on the cube
     bpy.ops.wm.open_mainfile(filepath=str(blend))
     result, cube = bpy.data.objects["Cube set GTR"], bpy.data.objects["Cube"]
-    assert result.active_material is not None and len(result.data.polygons) > 100
+    assert len(result.data.polygons) > 100 and len(result.data.uv_layers) == 1
+    texture = next(node for node in result.active_material.node_tree.nodes if node.type == "TEX_IMAGE")
+    image = texture.image
+    assert image.packed_file is not None and image.colorspace_settings.name == "sRGB"  # kept inside the .blend
+    assert tuple(image.size) == (256, 256)
+    pixels = np.empty(256 * 256 * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    # The texture holds sRGB values of the Diffuse Color pass, about 0.96 × the base colour (0.1, 0.6, 0.1):
+    # sRGB (0.343, 0.783, 0.343). Linear values stored as sRGB would read about (0.10, 0.58, 0.10).
+    median = np.median(pixels.reshape(-1, 4)[:, :3], axis=0)
+    assert np.abs(median - (0.343, 0.783, 0.343)).max() < 0.05, median  # measured (0.337, 0.776, 0.337)
     centre = sum((result.matrix_world @ v.co for v in result.data.vertices), start=cube.location * 0)
     centre /= len(result.data.vertices)
     assert (centre - cube.location).length < 0.05  # measured 0.018 (the cube's edges are 1.2)
