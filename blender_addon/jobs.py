@@ -17,6 +17,7 @@ never fire, so :func:`run_until_done` calls it in a loop. No bpy call happens of
 from __future__ import annotations
 
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -184,8 +185,8 @@ def drain() -> float | None:
     """Apply what the backend said since the last call (main thread only). Returns the delay until the next call,
     or None when no job is left (the timer protocol)."""
     began = time.perf_counter()
+    job = session.job
     try:
-        job = session.job
         if job is None:
             return None
         backend = session.backend
@@ -209,6 +210,10 @@ def drain() -> float | None:
             _finish(job, Outcome("cancelled", "cancelled (the backend did not answer in time and was stopped)"))
             return None
         return DRAIN_INTERVAL_S
+    except Exception as err:  # a bug here must not leave a job hanging with its timer gone: end it, say why
+        traceback.print_exc()
+        _finish(job, Outcome("error", f"the add-on failed while applying the backend's messages: {err!r}"))
+        return None
     finally:
         session.longest_drain_s = max(session.longest_drain_s, time.perf_counter() - began)
 
@@ -237,10 +242,13 @@ def _apply(job: Job, msg: dict) -> None:
             _finish(job, Outcome("error", str(err)))
             release_backend()
             return
-        if job.cancel_requested is None:
-            _send_run(job)
-        else:
+        if job.cancel_requested is not None:
             _finish(job, Outcome("cancelled", "cancelled"))
+            return
+        try:
+            _send_run(job)
+        except BackendError as err:
+            _finish(job, Outcome("error", str(err)))
         return
     if msg.get("job_id") not in (job.job_id, None):
         return  # a late message of an earlier job
