@@ -6,8 +6,8 @@
 The mesh is a displaced torus (deterministic): 200 000 vertices / 400 000 triangles, written by the backend's
 exporter (``backend.export.export_mesh``) twice, (a) with vertex colours and (b) with per-corner UVs + a 1024²
 texture, each as the ``.npz`` the add-on reads and as a GLB. Each run starts from an empty scene and times
-(1) the add-on's path, ``prepare_mesh`` (read the file, compute the edges: in the add-on this runs in a worker
-thread) + ``update_object`` (mesh, material, packed image, object: Blender's main thread), and
+(1) the add-on's path, ``read_mesh_npz`` (read and check the file with its edges: in the add-on this runs in a
+worker thread) + ``update_object`` (mesh, material, packed image, object: Blender's main thread), and
 (2) ``bpy.ops.import_scene.gltf`` of the GLB; "+ eval" adds the ``view_layer.update()`` that follows, so both
 end with the object evaluated in the scene. Runs alternate between the two; the table shows medians. A 1M-triangle
 torus is timed with the importer alone (target ≤ 0.5 s). Targets: importer ≥ 3× faster than ``import_scene.gltf``.
@@ -95,7 +95,7 @@ def time_importer(npz: Path) -> dict[str, float]:
     from blender_addon import importer
 
     start = time.perf_counter()
-    arrays = importer.prepare_mesh(npz)
+    arrays = importer.read_mesh_npz(npz)
     read = time.perf_counter()
     importer.update_object(None, "Result", bpy.context.scene.collection, arrays)
     built = time.perf_counter()
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     clear_scene()
 
     smoke = " (SMOKE: tiny mesh)" if args.smoke else ""
-    headers = ["mesh", "read + edges s", "build s", "importer s", "gltf s", "ratio", "importer + eval s", "gltf + eval s"]
+    headers = ["mesh", "read s", "build s", "importer s", "gltf s", "ratio", "importer + eval s", "gltf + eval s"]
     rows = [
         [
             f"{r['case']}, {r['triangles']:,} triangles",
@@ -219,7 +219,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
         f"\n### importer vs import_scene.gltf, median of {repeat} runs{smoke}\n\n"
         + common.markdown_table(headers, rows)
     )
-    headers = ["mesh", "read + edges s", "build s", "importer s", "importer + eval s"]
+    headers = ["mesh", "read s", "build s", "importer s", "importer + eval s"]
     rows = [
         [
             f"{r['case']}, {r['triangles']:,} triangles",

@@ -53,9 +53,8 @@ class BackendProcess:
     """One running ``python -m backend serve``. Start with :meth:`start`; the handshake is sent at once and its
     answer (``ready``) arrives as a message like any other."""
 
-    def __init__(self, python: str, env: dict | None = None):
+    def __init__(self, python: str):
         self.python = check_interpreter(python)
-        self.env = env
         self.ready: dict | None = None
         """The backend's ``ready`` message once it arrived."""
         self._proc: subprocess.Popen | None = None
@@ -67,7 +66,7 @@ class BackendProcess:
     # ------------------------------------------------------------------------------------------------ lifetime
 
     def start(self) -> BackendProcess:
-        env = dict(os.environ if self.env is None else self.env)
+        env = dict(os.environ)
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("PYTHONPATH", None)  # Blender's own paths must not leak into the backend's Python
         env.pop("PYTHONHOME", None)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import bpy
 
-from . import job_writer, jobs, pairing, preferences, render_views
+from . import importer, job_writer, jobs, pairing, preferences, render_views
 from .backend_client import BackendError
 
 MARK = "gtr_reconstruct"
@@ -130,9 +130,7 @@ def _run_set(scene, view_set: ViewSet, options, out: Path | None, keep_objects: 
         shutil.copyfile(outcome.files["glb"], glb)
     name = outcome.object_name
     if not keep_objects:
-        from .importer import remove_object
-
-        remove_object(bpy.data.objects.get(name))
+        importer.remove_object(bpy.data.objects.get(name))
         name = None
     return SetReport(view_set.name, True, outcome.message, 0.0, name, glb)
 

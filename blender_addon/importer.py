@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import zipfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import bpy
@@ -67,7 +67,8 @@ class MeshArrays:
     dropped_triangles: int = 0
     """How many zero-area triangles (a vertex repeated) the file had; they are not in ``triangles``."""
     edges: np.ndarray | None = None
-    """(E, 2) int32 unique edges (lower vertex index first), or None: Blender computes them while building."""
+    """(E, 2) int32 unique edges (lower vertex index first) from the file, or None: Blender computes them while
+    building (a file without them, or one whose zero-area triangles were dropped)."""
     corner_edges: np.ndarray | None = None
     """(3M,) int32: the edge from each triangle corner to the next corner, an index into ``edges``."""
 
@@ -194,25 +195,6 @@ def _texture_path(value: np.ndarray, folder: Path) -> Path:
     return path
 
 
-def with_edges(arrays: MeshArrays) -> MeshArrays:
-    """``arrays`` with ``edges`` and ``corner_edges`` computed (numpy only, no bpy: safe in a worker thread), so
-    building the mesh on Blender's main thread skips its own edge computation, the slowest step of a build."""
-    tri = arrays.triangles
-    start, end = tri.reshape(-1), np.roll(tri, -1, axis=1).reshape(-1)  # corner k's edge: v_k → v_k+1
-    n = np.int64(arrays.positions.shape[0])
-    keys = np.minimum(start, end).astype(np.int64) * n + np.maximum(start, end)
-    unique, corner_edges = np.unique(keys, return_inverse=True)
-    edges = np.stack([unique // n, unique % n], axis=1).astype(np.int32)
-    return replace(arrays, edges=edges, corner_edges=corner_edges.astype(np.int32).reshape(-1))
-
-
-def prepare_mesh(path: str | Path) -> MeshArrays:
-    """Everything of an import that needs no bpy: read and validate the file, and its edges (computed when the file
-    does not carry them). Called in a worker thread while a job runs, so Blender's main thread only builds."""
-    arrays = read_mesh_npz(path)
-    return arrays if arrays.edges is not None else with_edges(arrays)
-
-
 # ------------------------------------------------------------------------------------------------------------
 # Colour
 
@@ -250,7 +232,7 @@ def build_mesh(name: str, arrays: MeshArrays, *, smooth_angle: float | None = SM
     mesh.polygons.foreach_set("loop_start", np.arange(0, 3 * m, 3, dtype=np.int32))
     if arrays.edges is None:
         mesh.update(calc_edges=True)
-    else:  # edges from with_edges(): a third of the build's time saved on the main thread
+    else:  # the file's edges (the backend writes them): a third of the build's time saved
         mesh.edges.add(arrays.edges.shape[0])
         mesh.attributes[".edge_verts"].data.foreach_set("value", arrays.edges.reshape(-1))
         mesh.attributes[".corner_edge"].data.foreach_set("value", arrays.corner_edges)

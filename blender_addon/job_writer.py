@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import bpy
+from mathutils import Vector
 
 from . import jobs, scene_cameras
 from .cameras import CameraError
@@ -93,18 +94,12 @@ def check_views(views) -> None:
 
 def bounds_of(obj) -> dict:
     """The world-space axis-aligned box of an object's bounding box, as job.json ``bounds``."""
-    corners = [obj.matrix_world @ _vector(corner) for corner in obj.bound_box]
+    corners = [obj.matrix_world @ Vector(corner) for corner in obj.bound_box]
     low = [min(c[i] for c in corners) for i in range(3)]
     high = [max(c[i] for c in corners) for i in range(3)]
     if any(h - lo <= 0 for lo, h in zip(low, high)):
         raise ViewError(f"the bounds object '{obj.name}' has no volume: use a box-shaped object around the subject.")
     return {"min": low, "max": high}
-
-
-def _vector(values):
-    from mathutils import Vector
-
-    return Vector(values)
 
 
 def prepare(
@@ -148,8 +143,6 @@ def prepare(
         job_dir=job_dir,
         scene_name=scene.name,
         object_name=object_name or _default_name(settings, views),
-        view_rows=list(range(len(views))),
-        options=document["options"],
         formats=formats,
         on_finish=on_finish,
     )

@@ -6,7 +6,7 @@ loaded, freed by "Release backend" and on unregister) and runs one job at a time
     start()  → writes nothing itself (the job folder is ready), starts the backend if needed, sends ``run``
     drain()  → applies the backend's messages: progress → the panel; preview → one object updated in place;
                result → that object becomes the final object (one undo step); error / cancelled → no object left.
-               A mesh file is read (and its edges computed) in a worker thread first; drain() builds at most one
+               A mesh file is read and checked in a worker thread first; drain() builds at most one
                mesh per call, so no call holds Blender's main thread for long
     cancel() → asks the backend to stop; :func:`drain` kills it if it has not answered within ``CANCEL_GRACE_S``
 
@@ -46,8 +46,6 @@ class Outcome:
     object_name: str | None = None
     files: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
-    view_index: int | None = None
-    """For an input error, the row of the view list at fault (0-based), when known."""
 
 
 @dataclass
@@ -66,9 +64,6 @@ class Job:
     scene_name: str
     object_name: str
     """Name for the object the result becomes."""
-    view_rows: list[int]
-    """Row of the view list for each view of job.json (the backend's view index → the UI's row)."""
-    options: dict
     formats: tuple[str, ...] = ("npz", "glb")
     on_finish: Callable[[Outcome], None] | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -91,10 +86,10 @@ class Session:
         self._reader: ThreadPoolExecutor | None = None
 
     def read_mesh(self, path: Path) -> Future:
-        """Read a mesh file (and compute its edges) in the worker thread."""
+        """Read and check a mesh file in the worker thread (no bpy there)."""
         if self._reader is None:
             self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gtr-mesh-reader")
-        return self._reader.submit(importer.prepare_mesh, path)
+        return self._reader.submit(importer.read_mesh_npz, path)
 
     def stop_reader(self) -> None:
         if self._reader is not None:
@@ -265,15 +260,14 @@ def _apply(job: Job, msg: dict) -> None:
 
 
 def _error_outcome(job: Job, msg: dict) -> Outcome:
-    index = msg.get("view_index")
-    row = job.view_rows[index] if isinstance(index, int) and 0 <= index < len(job.view_rows) else None
-    where = f"view {row + 1}: " if row is not None else ""
+    row = msg.get("view_index")  # job.json's views are the view list's rows, in order
+    where = f"view {row + 1}: " if isinstance(row, int) else ""
     text = f"{msg['error_type']}: {where}{msg['message']}"
     if msg.get("fix"):
         text += f" Fix: {msg['fix']}"
     if msg.get("traceback"):
         text += "\n" + msg["traceback"].strip().splitlines()[-1]
-    return Outcome("error", text, view_index=row)
+    return Outcome("error", text)
 
 
 def _send_run(job: Job) -> None:
@@ -322,7 +316,7 @@ def _show(job: Job, pending: PendingMesh):
     name = job.object_name if pending.final else f"{job.object_name} (preview)"
     try:
         arrays = pending.arrays.result()
-        obj = importer.update_object(current, name, scene.collection, arrays, arrays.texture_path)
+        obj = importer.update_object(current, name, scene.collection, arrays)
     except (OSError, ValueError, RuntimeError) as err:  # MeshFileError is a ValueError
         if pending.final:
             _finish(job, Outcome("error", f"could not build the result: {err}"))
