@@ -172,8 +172,9 @@ OPTIONS: dict[str, Option] = {
         Option("faces", int, "decimate the mesh to at most N faces (quadric decimation)",
                paths=("extract.target_faces", "gtr.target_faces"), minimum=4, unset="no decimation"),
         Option("fit_steps", int, "field-fit steps (fit method)", paths=("fit.steps",), minimum=1),
-        Option("fit_seconds", float, "stop the field fit after S seconds", paths=("fit.max_seconds",), positive=True,
-               unset="no cap"),
+        Option("fit_seconds", float, "time limit of the field fit: it stops after S seconds even if steps remain, and "
+               "the result then warns how many steps were done", paths=("fit.max_seconds",), positive=True,
+               unset="no limit"),
         Option("mesh_resolution", int, "marching-cubes grid side", paths=("extract.resolution", "gtr.mesh_resolution"),
                minimum=16, maximum=1024, unset="model's"),
         Option("refine_iterations", int, "texture-refinement iterations (gtr: 50, as the official release)",
@@ -191,6 +192,8 @@ OPTIONS: dict[str, Option] = {
                paths=("gtr.rig.up_axis",), choices=("z", "y")),
         Option("device", str, "where to run: auto is CUDA when torch sees a GPU, else the CPU", default="auto",
                values="auto, cpu, cuda or cuda:N", validate=_check_device, metavar="DEVICE"),
+        Option("threads", int, "CPU threads for torch (default: the CPUs this process may use, from its affinity "
+               "and cgroup quota)", minimum=1, maximum=1024, unset="the CPUs this process may use"),
         Option("mask_source", str, "where each view's mask comes from (see Masks)", flag=False,
                choices=("auto", "alpha", "file", "color_key", "none"), default="auto"),
         Option("background", object, "solid background colour for mask_source color_key", flag=False,
@@ -311,7 +314,7 @@ def _text(value, opt: Option) -> str:
 def default_text(opt: Option, presets: dict) -> str:
     """The option's default: the presets' values at its paths (``a / b / c`` when they differ), else ``default``."""
     if not opt.paths:
-        return "none" if opt.default is None else _text(opt.default, opt)
+        return _text(opt.default, opt)
     per_path = []
     for path in opt.paths:
         cells = [_text(get_path(cfg, path), opt) for cfg in presets.values()]

@@ -33,8 +33,9 @@ from .normalise import NormaliseConfig, normalise
 from .options import CONFIG_KEYS, OPTIONS
 from .options import apply as apply_options
 from .preview import coloured, hull_mesh, send_preview
-from .progress import Hooks, StageTimer
+from .progress import Hooks, StageTimer, cut_short_warning
 from .refine import GTRRefineConfig, RefineConfig, refine_texture, texture_copy
+from .threads import use_threads
 from .views import Job, View
 from .volume import OccupancyGrid
 
@@ -68,13 +69,12 @@ PRESETS: dict[str, PipelineConfig] = {
         max_image_size=400,
         fit=FitConfig(
             steps=1200,
-            max_seconds=120.0,
             rays_per_step=2048,
             hull_resolution=128,
             field=FieldConfig(resolution=192, channels=12, density_scale=25.0),
         ),
         extract=ExtractConfig(resolution=192),
-        refine=RefineConfig(iterations=400, max_seconds=15.0, points_per_step=16384),
+        refine=RefineConfig(iterations=400, points_per_step=16384),
         gtr=GTRSettings(mesh_resolution=128, refine=GTRRefineConfig(raster_size=512)),
     ),
     "standard": PipelineConfig(
@@ -247,11 +247,13 @@ def reconstruct(
     ``load_weights`` gives the ``gtr`` method its checkpoint. Previews (``hooks.preview``) come after the visual
     hull and after extraction, before texture refinement."""
     method, checkpoint = choose_method(job.options)
+    threads = use_threads(job.options.get("threads"))
     if method == "gtr":
         result = _reconstruct_gtr(job, checkpoint, config, device, hooks, load_weights)
     else:
         result = _reconstruct_fit(job, config, device, hooks)
     result.warnings[:0] = [w for w in job.warnings if w not in result.warnings]  # the loader's come first
+    result.metrics["threads"] = threads
     return result
 
 
@@ -279,6 +281,10 @@ def _reconstruct_fit(job: Job, config: PipelineConfig, device, hooks) -> Reconst
         send_preview(hooks, lambda: hull_mesh(hull), frame, "visual hull")
     fitted = fit(canonical, config.fit, device, hooks, hull=hull)
     lap("fit")
+    warnings = []
+    if fitted.steps < config.fit.steps:
+        warnings.append(cut_short_warning("field fit", fitted.steps, config.fit.steps, "fit_seconds",
+                                          config.fit.max_seconds))
     mesh = extract(fitted.field, fitted.occupancy, config.extract, hooks, canonical, fitted.hull)
     if mesh.num_faces == 0:
         raise InputError(
@@ -307,7 +313,8 @@ def _reconstruct_fit(job: Job, config: PipelineConfig, device, hooks) -> Reconst
         "refine_iterations": refined.iterations,
     }
     return Reconstruction(mesh=world, canonical_mesh=baked, field=fitted.field, texture_field=texture_field,
-                          occupancy=fitted.occupancy, frame=frame, views=canonical, timings=timings, metrics=metrics)
+                          occupancy=fitted.occupancy, frame=frame, views=canonical, timings=timings, metrics=metrics,
+                          warnings=warnings)
 
 
 def write_outputs(

@@ -34,12 +34,22 @@ STAGES: dict[str, str] = {
     "generate": "the GTR generator, per transformer block",
     "extract": "depth maps per view, density grid per chunk, marching cubes, clean-up",
     "refine": "surface samples per view, then texture-refinement iterations",
+    "geometry": "geometry refinement (vertices moved to match the views' masks and colours), every 10 steps",
     "bake": "colours per chunk (UV unwrap and atlas rasterisation before them)",
     "metrics": "training PSNR, per view",
     "evaluate": "held-out mesh renders and volume renders, per view; geometry scores",
     "write": "the last cancel point before output files are written",
 }
 """Every stage name passed to :meth:`Hooks.report`, with what reports under it (one place; docs list the same)."""
+
+
+def cut_short_warning(work: str, done: int, planned: int, option: str, seconds: float) -> str:
+    """The result's warning when a time limit stopped ``work`` after ``done`` of ``planned`` steps."""
+    return (
+        f"the {work} stopped at its time limit ({option} {seconds:g}) after {done} of {planned} steps "
+        f"({100 * done / max(planned, 1):.0f} %); the result is below what the preset gives. Remove or raise "
+        f"{option} for the full amount of work."
+    )
 
 
 class StageTimer:
@@ -150,28 +160,26 @@ class ProgressPacer:
 
 
 class ConsoleProgress:
-    """A single-line progress bar on stderr, redrawn at most ~10 times a second."""
+    """A single-line progress bar on stderr with the stage's time left, redrawn at most ~10 times a second."""
 
     def __init__(self, stream=None, width: int = 30):
         self.stream = stream or sys.stderr
         self.width = width
-        self._last = 0.0
         self._stage = None
-        self._start = time.perf_counter()
+        self._pacer = ProgressPacer(interval=0.1)
 
     def __call__(self, stage: str, step: int, total: int, message: str = "") -> None:
-        now = time.perf_counter()
-        done = total > 0 and step >= total
-        if stage == self._stage and not done and now - self._last < 0.1:
+        pace = self._pacer.update(stage, step, total)
+        if stage == self._stage and not pace.send:
             return
         if stage != self._stage and self._stage is not None:
             self.stream.write("\n")
-        self._stage, self._last = stage, now
+        self._stage = stage
         frac = min(max(step / total, 0.0), 1.0) if total > 0 else 0.0
         filled = int(frac * self.width)
         bar = "#" * filled + "-" * (self.width - filled)
-        elapsed = now - self._start
-        self.stream.write(f"\r{stage:<10} [{bar}] {step}/{total} {elapsed:6.1f}s {message[:40]:<40}")
+        eta = "" if pace.eta is None else f"{pace.eta:5.0f}s left"
+        self.stream.write(f"\r{stage:<10} [{bar}] {step}/{total} {eta:>10} {message[:40]:<40}")
         self.stream.flush()
 
     def close(self) -> None:

@@ -64,8 +64,6 @@ def surface_map(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera) -> 
 class RefineConfig:
     iterations: int = 300
     """Optimisation steps (0 disables refinement)."""
-    max_seconds: float | None = None
-    """Stop early after this much time."""
     points_per_step: int = 32768
     """Surface points (each seen by an input pixel) in each step's batch."""
     lr_planes: float = 0.01
@@ -149,8 +147,6 @@ def refine_texture(
                 hooks.report("refine", it, config.iterations, f"mse {loss_value:.5f}")
             else:
                 hooks.check_cancel()
-            if config.max_seconds is not None and time.perf_counter() - start > config.max_seconds:
-                break
         optimiser.zero_grad(set_to_none=True)
     return RefineResult(it, time.perf_counter() - start, loss_value)
 

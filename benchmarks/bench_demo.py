@@ -32,10 +32,10 @@ from backend import pipeline
 d = pipeline.PRESETS["draft"]
 pipeline.PRESETS["draft"] = replace(
     d, max_image_size=96,
-    fit=replace(d.fit, steps=60, max_seconds=None, rays_per_step=512, hull_resolution=48,
+    fit=replace(d.fit, steps=60, rays_per_step=512, hull_resolution=48,
                 field=replace(d.fit.field, resolution=64)),
     extract=replace(d.extract, resolution=48),
-    refine=replace(d.refine, iterations=10, max_seconds=None, points_per_step=4096),
+    refine=replace(d.refine, iterations=10, points_per_step=4096),
 )
 from backend.cli import main
 sys.exit(main(sys.argv[1:]))

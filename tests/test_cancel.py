@@ -49,14 +49,13 @@ def tiny_config() -> PipelineConfig:
         fit=replace(
             draft.fit,
             steps=20,
-            max_seconds=None,
             rays_per_step=128,
             hull_resolution=24,
             field=replace(draft.fit.field, resolution=16),
             render=replace(draft.fit.render, samples_per_diagonal=96),
         ),
         extract=replace(draft.extract, resolution=24, depth_map_size=24, chunk=4096),
-        refine=replace(draft.refine, iterations=10, max_seconds=None, points_per_step=512),
+        refine=replace(draft.refine, iterations=10, points_per_step=512),
         bake=replace(draft.bake, chunk=256),
         gtr=replace(
             draft.gtr,

@@ -406,3 +406,20 @@ def test_device_out_of_range_or_malformed(tmp_path, device):
     proc = run_cli("reconstruct", job, "--output", out, "--device", device, "--quiet", timeout=30.0)
     line = assert_input_error(proc, out, None, device)
     assert "cuda:N" in line or "--device cpu" in line or "cuda:0" in line, line
+
+
+def test_time_limit_warns_and_threads_are_recorded(tmp_path):
+    """A preset is a step budget: only an explicit ``--fit-seconds`` stops the fit early, and the result then says
+    how much was done (stderr, metrics.json); ``--threads`` sets torch's thread count for the run."""
+    job, _ = write_scene_job(tmp_path / "job")
+    out = tmp_path / "out"
+    flags = ("--fit-steps", "100000", "--fit-seconds", "2", "--threads", "1")
+    proc = run_cli("reconstruct", job, "--output", out, *TINY_RUN[2:], *flags)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["threads"] == 1
+    done = metrics["fit_steps"]
+    assert 1 <= done < 100000
+    [warning] = [w for w in metrics["warnings"] if "time limit" in w]
+    assert f"after {done} of 100000 steps" in warning and "fit_seconds 2" in warning, warning
+    assert warning in proc.stderr

@@ -38,13 +38,12 @@ def tiny_config(steps: int = 250, refine_iterations: int = 60) -> PipelineConfig
         fit=replace(
             draft.fit,
             steps=steps,
-            max_seconds=None,
             rays_per_step=1024,
             hull_resolution=64,
             field=replace(draft.fit.field, resolution=96),
         ),
         extract=replace(draft.extract, resolution=64),
-        refine=replace(draft.refine, iterations=refine_iterations, max_seconds=None),
+        refine=replace(draft.refine, iterations=refine_iterations),
     )
 
 

@@ -39,13 +39,12 @@ def guard_config() -> PipelineConfig:
         fit=replace(
             draft.fit,
             steps=FIT_STEPS,
-            max_seconds=None,
             rays_per_step=1024,
             hull_resolution=64,
             field=replace(draft.fit.field, resolution=96),
         ),
         extract=replace(draft.extract, resolution=64),
-        refine=replace(draft.refine, iterations=REFINE_ITERATIONS, max_seconds=None, points_per_step=8192),
+        refine=replace(draft.refine, iterations=REFINE_ITERATIONS, points_per_step=8192),
     )
 
 

@@ -28,10 +28,10 @@ def small_config() -> PipelineConfig:
     return replace(
         draft,
         normalise=replace(draft.normalise, hull_resolution=24),
-        fit=replace(draft.fit, steps=30, max_seconds=None, rays_per_step=256, hull_resolution=24,
+        fit=replace(draft.fit, steps=30, rays_per_step=256, hull_resolution=24,
                     field=replace(draft.fit.field, resolution=24)),
         extract=replace(draft.extract, resolution=24, depth_map_size=32),
-        refine=replace(draft.refine, iterations=20, max_seconds=None, points_per_step=1024),
+        refine=replace(draft.refine, iterations=20, points_per_step=1024),
         gtr=replace(draft.gtr, mesh_resolution=24, target_faces=300, rig=replace(draft.gtr.rig, hull_resolution=24),
                     refine=replace(draft.gtr.refine, iterations=4, raster_size=48)),
     )

@@ -47,8 +47,6 @@ class GTRSettings:
     Polish trains the triplane only: the density and colour MLPs are the network's decoder, shared by every
     texel and calibrated to the generator's features and to ``mesh_level``; the colour MLP is adapted to the
     object afterwards by the texture refinement, as in the official recipe."""
-    polish_seconds: float | None = None
-    """Stop the polish fit after this much time (None: run all ``polish_steps``)."""
     rig: RigConfig = field(default_factory=RigConfig)
     """The user's up axis, the canonical frame's scale and the training-rig warnings."""
     target_faces: int | None = None
@@ -119,7 +117,7 @@ def reconstruct_gtr(
         lap("generate")
 
         if settings.polish_steps > 0:
-            polish = FitConfig(steps=settings.polish_steps, max_seconds=settings.polish_seconds, train_mlps=False)
+            polish = FitConfig(steps=settings.polish_steps, train_mlps=False)
             fit(views, polish, device, hooks, field=tri_field)
             tri_field.planes.requires_grad_(False)
             lap("polish")
