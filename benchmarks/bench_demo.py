@@ -49,12 +49,13 @@ def backend_command(args: list[str], smoke: bool = False) -> list[str]:
     return [sys.executable, "-m", "backend", *args]
 
 
-def run_measured(command: list[str], log_path: Path, timeout: float | None = None) -> dict:
+def run_measured(command: list[str], log_path: Path, timeout: float | None = None, env: dict | None = None) -> dict:
     """Run ``command`` from the repository root; returns exit code, wall seconds and peak RSS in MB.
 
     stdout + stderr go to ``log_path``. The child's own peak RSS comes from ``os.wait4`` (Linux: kilobytes).
+    ``env``: the child's environment (default this process's), the repository added to ``PYTHONPATH``.
     """
-    env = dict(os.environ)
+    env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
