@@ -1,7 +1,7 @@
 """Posed images → textured mesh (GTR-style triplane reconstruction)."""
 
-from .threads import set_wait_policy
+from .threads import set_spin_count
 
 __version__ = "0.1.0"
 
-set_wait_policy()  # before anything imports torch: see backend/threads.py
+set_spin_count()  # before anything imports torch: see backend/threads.py

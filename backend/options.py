@@ -177,6 +177,9 @@ OPTIONS: dict[str, Option] = {
                unset="no limit"),
         Option("mesh_resolution", int, "marching-cubes grid side", paths=("extract.resolution", "gtr.mesh_resolution"),
                minimum=16, maximum=1024, unset="model's"),
+        Option("geometry_iterations", int, "geometry-refinement steps: the extracted mesh's vertices move so its "
+               "renders match the views' masks and colours (fit method; 0 disables it)",
+               paths=("geometry.iterations",), minimum=0),
         Option("refine_iterations", int, "texture-refinement iterations (gtr: 50, as the official release)",
                paths=("refine.iterations", "gtr.refine.iterations"), minimum=0),
         Option("method", str, "gtr: the GTR network (needs a checkpoint); fit: per-scene fit, no weights; auto: gtr "
@@ -192,8 +195,8 @@ OPTIONS: dict[str, Option] = {
                paths=("gtr.rig.up_axis",), choices=("z", "y")),
         Option("device", str, "where to run: auto is CUDA when torch sees a GPU, else the CPU", default="auto",
                values="auto, cpu, cuda or cuda:N", validate=_check_device, metavar="DEVICE"),
-        Option("threads", int, "CPU threads for torch (default: the CPUs this process may use, from its affinity "
-               "and cgroup quota)", minimum=1, maximum=1024, unset="the CPUs this process may use"),
+        Option("threads", int, "CPU threads for torch", minimum=1, maximum=1024,
+               unset="the CPUs this process may use (affinity, cgroup quota)"),
         Option("mask_source", str, "where each view's mask comes from (see Masks)", flag=False,
                choices=("auto", "alpha", "file", "color_key", "none"), default="auto"),
         Option("background", object, "solid background colour for mask_source color_key", flag=False,

@@ -1,7 +1,8 @@
 """The reconstruction pipeline: presets, the typed result, and the one function that runs every stage.
 
 Two methods share the stages' contracts:
-- ``fit`` (no weights): load (``backend.inputs``) → normalise → triplane → fit → extract → refine texture → bake;
+- ``fit`` (no weights): load (``backend.inputs``) → normalise → triplane → fit → extract → refine geometry (mesh
+  renders against the views) → refine texture → bake;
 - ``gtr`` (a GTR checkpoint, :mod:`backend.gtr.run`): canonical frame → generator → marching cubes → official
   texture refinement → bake.
 ``auto`` takes ``gtr`` when a checkpoint is configured (option ``checkpoint`` or ``$GTR_CHECKPOINT``), else ``fit``.
@@ -9,6 +10,7 @@ Two methods share the stages' contracts:
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -35,6 +37,7 @@ from .options import apply as apply_options
 from .preview import coloured, hull_mesh, send_preview
 from .progress import Hooks, StageTimer, cut_short_warning
 from .refine import GTRRefineConfig, RefineConfig, refine_texture, texture_copy
+from .reshape import GeometryConfig, refine_geometry
 from .threads import use_threads
 from .views import Job, View
 from .volume import OccupancyGrid
@@ -50,6 +53,8 @@ class PipelineConfig:
     """The ``fit`` method's field optimisation."""
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     """Surface extraction: lattice, iso-level, clean-up, decimation (``fit`` method)."""
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    """Geometry refinement of the extracted mesh against the views' masks and colours (``fit`` method)."""
     refine: RefineConfig = field(default_factory=RefineConfig)
     """Texture refinement at mesh surface points (``fit`` method)."""
     bake: BakeConfig = field(default_factory=BakeConfig)
@@ -74,6 +79,7 @@ PRESETS: dict[str, PipelineConfig] = {
             field=FieldConfig(resolution=192, channels=12, density_scale=25.0),
         ),
         extract=ExtractConfig(resolution=192),
+        geometry=GeometryConfig(iterations=120, max_size=256),
         refine=RefineConfig(iterations=400, points_per_step=16384),
         gtr=GTRSettings(mesh_resolution=128, refine=GTRRefineConfig(raster_size=512)),
     ),
@@ -86,6 +92,7 @@ PRESETS: dict[str, PipelineConfig] = {
             field=FieldConfig(resolution=256, channels=16, density_scale=25.0),
         ),
         extract=ExtractConfig(resolution=256),
+        geometry=GeometryConfig(iterations=200, views_per_iteration=8, max_size=512),
         refine=RefineConfig(iterations=600, points_per_step=65536),
     ),
     "high": PipelineConfig(
@@ -97,6 +104,7 @@ PRESETS: dict[str, PipelineConfig] = {
             field=FieldConfig(resolution=512, channels=24, density_scale=25.0),
         ),
         extract=ExtractConfig(resolution=384),
+        geometry=GeometryConfig(iterations=300, views_per_iteration=8, max_size=800),
         refine=RefineConfig(iterations=1500, points_per_step=131072),
         bake=BakeConfig(texture_size=2048),
     ),
@@ -292,7 +300,12 @@ def _reconstruct_fit(job: Job, config: PipelineConfig, device, hooks) -> Reconst
             fix="check masks and cameras, or try a larger preset.",
         )
     lap("extract")
-    send_preview(hooks, lambda: coloured(mesh, fitted.field.color), frame, "surface")
+    surface = coloured(mesh, fitted.field.color)  # the field's colours: the geometry refinement's colour targets
+    send_preview(hooks, lambda: surface, frame, "surface")
+    mesh, reshaped = refine_geometry(surface, canonical, config.geometry, hooks)
+    if reshaped.iterations:
+        send_preview(hooks, lambda: mesh, frame, "refined surface")
+    lap("geometry")
     texture_field = texture_copy(fitted.field)  # fitted.field stays as the fit left it
     refined = refine_texture(texture_field, mesh, canonical, config.refine, hooks)
     lap("refine")
@@ -310,6 +323,8 @@ def _reconstruct_fit(job: Job, config: PipelineConfig, device, hooks) -> Reconst
         "train_psnr": round(train_psnr, 3),
         "fit_steps": fitted.steps,
         "fit_psnr": round(float(np.mean(fitted.psnr_history[-100:])), 3) if fitted.psnr_history else None,
+        "geometry_iterations": reshaped.iterations,
+        "geometry_loss": None if math.isnan(reshaped.final_loss) else round(reshaped.final_loss, 6),
         "refine_iterations": refined.iterations,
     }
     return Reconstruction(mesh=world, canonical_mesh=baked, field=fitted.field, texture_field=texture_field,

@@ -514,3 +514,62 @@ def rasterize_in_batches(count: int, rasterize_batch, limit: int) -> Fragments:
             torch.where(take, part.depth, merged.depth),
         )
     return merged
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Differentiable nvdiffrast wrappers (used by backend.diff_render; CUDA only)
+
+
+def clip_positions(cam: torch.Tensor, camera: Camera) -> torch.Tensor:
+    """Differentiable clip-space positions (N, 4) for nvdiffrast from OpenCV camera coordinates ``cam`` (N, 3).
+
+    The same mapping as the rasteriser above (row 0 = top row, no flip); near and far planes come from the
+    vertices' camera z (no gradient through them): perspective near = half the smallest z ≥ 1e-3, far = twice the
+    largest, so nothing in front of the camera is clipped.
+    """
+    H, W = int(camera.height), int(camera.width)
+    K = camera.K
+    z = cam[:, 2]
+    zd = z.detach()
+    front = zd[zd >= 1e-3]
+    zmin = float(front.min()) if front.numel() else 1e-3
+    zmax = float(front.max()) if front.numel() else 1.0
+    if camera.orthographic:
+        margin = 0.01 * (float(zd.max()) - float(zd.min())) + 1e-3
+        n, f = float(zd.min()) - margin, float(zd.max()) + margin
+        x_ndc = 2.0 * (K[0, 0] * cam[:, 0] + K[0, 2]) / W - 1.0
+        y_ndc = 2.0 * (K[1, 1] * cam[:, 1] + K[1, 2]) / H - 1.0
+        z_ndc = 2.0 * (z - n) / (f - n) - 1.0
+        return torch.stack([x_ndc, y_ndc, z_ndc, torch.ones_like(z)], dim=1)
+    n, f = 0.5 * zmin, 2.0 * zmax + 1e-6
+    a, b = (f + n) / (f - n), -2.0 * f * n / (f - n)
+    x_clip = (2.0 * K[0, 0] / W) * cam[:, 0] + (2.0 * K[0, 1] / W) * cam[:, 1] + (2.0 * K[0, 2] / W - 1.0) * z
+    y_clip = (2.0 * K[1, 1] / H) * cam[:, 1] + (2.0 * K[1, 2] / H - 1.0) * z
+    return torch.stack([x_clip, y_clip, a * z + b, z], dim=1)
+
+
+def nvdiffrast_rasterize_diff(clip: torch.Tensor, faces: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """nvdiffrast's rasterisation of (V, N, 4) float32 clip positions with (M, 3) int32 faces: (V, H, W, 4)
+    (u, v, z/w, triangle index + 1), differentiable with respect to ``clip`` through (u, v)."""
+    import nvdiffrast.torch as dr
+
+    if faces.shape[0] > NV_MAX_TRIANGLES:
+        raise ValueError(f"differentiable nvdiffrast rendering takes at most {NV_MAX_TRIANGLES} faces")
+    rast, _ = dr.rasterize(_nvdiffrast_context(clip.device), clip, faces, resolution=[H, W], grad_db=False)
+    return rast
+
+
+def nvdiffrast_interpolate(attributes: torch.Tensor, rast: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Per-vertex ``attributes`` (V, N, C) float32 interpolated at every pixel of ``rast``: (V, H, W, C)."""
+    import nvdiffrast.torch as dr
+
+    out, _ = dr.interpolate(attributes.contiguous(), rast, faces)
+    return out
+
+
+def nvdiffrast_antialias(image: torch.Tensor, rast: torch.Tensor, clip: torch.Tensor, faces: torch.Tensor):
+    """nvdiffrast's analytic silhouette antialiasing of ``image`` (V, H, W, C) float32; gradients reach ``image``
+    and ``clip``."""
+    import nvdiffrast.torch as dr
+
+    return dr.antialias(image, rast, clip, faces)

@@ -1,12 +1,12 @@
 """Benchmark the demo on a shared CPU: alone, then beside one and two CPU-bound competitors.
 
-    python benchmarks/bench_cpu.py --output bench_out/cpu [--competitors 0,1,2] [--wait-policy passive|default]
+    python benchmarks/bench_cpu.py --output bench_out/cpu [--competitors 0,1,2] [--spin backend|default]
     python benchmarks/bench_cpu.py --output /tmp/smoke --smoke      # seconds: checks the plumbing only
 
 The measured run is ``python -m backend demo`` (preset ``draft``) in a fresh process; each competitor is another
 demo process started just before it, in its own folder, and killed once the measured run ends (so the whole
-measured run has company). ``--wait-policy default`` gives every process ``OMP_WAIT_POLICY=""`` (OpenMP's own
-spinning default, the behaviour before ``backend/threads.py``); ``passive`` leaves the backend's policy in force.
+measured run has company). ``--spin default`` gives every process ``GOMP_SPINCOUNT=300000`` (libgomp's own
+default, the behaviour before ``backend/threads.py``); ``backend`` leaves the backend's short spin in force.
 Prints a markdown table (quality, time, fit steps, peak memory) and writes ``results.json`` to ``--output``.
 """
 
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", "-o", default="bench_out/cpu")
     parser.add_argument("--size", type=int, default=160, help="demo image size (default 160)")
     parser.add_argument("--competitors", default="0,1,2", help="comma-separated counts of competing demos")
-    parser.add_argument("--wait-policy", choices=["passive", "default"], default="passive")
+    parser.add_argument("--spin", choices=["backend", "default"], default="backend")
     parser.add_argument("--smoke", action="store_true", help="tiny preset and --size 32: checks the plumbing only")
     args = parser.parse_args(argv)
 
@@ -49,14 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     size = 32 if args.smoke else args.size
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    if args.wait_policy == "default":
-        env["OMP_WAIT_POLICY"] = ""  # set but empty: the backend keeps it, OpenMP uses its spinning default
+    env.pop("OMP_WAIT_POLICY", None)
+    if args.spin == "default":
+        env["GOMP_SPINCOUNT"] = "300000"  # the user's value wins over the backend's
     else:
-        env.pop("OMP_WAIT_POLICY", None)
+        env.pop("GOMP_SPINCOUNT", None)
     runs = []
     for count in [int(c) for c in args.competitors.split(",")]:
-        name = f"{args.wait_policy}_{count}"
-        print(f"demo beside {count} competitor(s), wait policy {args.wait_policy}", file=sys.stderr, flush=True)
+        name = f"{args.spin}_{count}"
+        print(f"demo beside {count} competitor(s), OpenMP spin {args.spin}", file=sys.stderr, flush=True)
         others = [start_competitor(out_dir / f"{name}_other{k}", size, args.smoke, env) for k in range(count)]
         try:
             cli_args = ["demo", "--output", str(out_dir / name), "--size", str(size), "--quiet"]
@@ -71,18 +72,34 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  failed (exit {record['exit_code']}): {record['last_line']}", file=sys.stderr)
         runs.append(record)
 
-    headers = ["competitors", "wait policy", "wall s", "peak MB", "fit steps", "held-out PSNR", "F-score", "stages s"]
+    headers = ["competitors", "OpenMP spin", "wall s", "peak MB", "fit steps", "held-out PSNR", "F-score", "stages s"]
     rows = []
     for r in runs:
         m = r["metrics"] or {}
         t = m.get("timings", {})
         stages = ", ".join(f"{k} {v:.0f}" for k, v in t.items() if k != "total" and v >= 1)
-        rows.append([r["competitors"], args.wait_policy, fmt(r["wall_s"], 1), fmt(r["peak_mb"], 0),
-                     fmt(m.get("fit_steps")), fmt(m.get("psnr")), fmt(m.get("fscore"), 3), stages or "–"])
+        rows.append(
+            [
+                r["competitors"],
+                args.spin,
+                fmt(r["wall_s"], 1),
+                fmt(r["peak_mb"], 0),
+                fmt(m.get("fit_steps")),
+                fmt(m.get("psnr")),
+                fmt(m.get("fscore"), 3),
+                stages or "–",
+            ]
+        )
     title = f"demo beside competitors, size {size}{' (SMOKE: tiny preset)' if args.smoke else ''}"
     print(f"\n### {title}\n\n" + markdown_table(headers, rows))
-    payload = {"benchmark": "cpu", "smoke": args.smoke, "size": size, "wait_policy": args.wait_policy,
-               "machine": machine_info("cpu"), "runs": runs}
+    payload = {
+        "benchmark": "cpu",
+        "smoke": args.smoke,
+        "size": size,
+        "spin": args.spin,
+        "machine": machine_info("cpu"),
+        "runs": runs,
+    }
     print(f"\nresults: {write_results(out_dir, 'results.json', payload)}", file=sys.stderr)
     return 0 if all(r["exit_code"] == 0 for r in runs) else 1
 

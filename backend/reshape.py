@@ -1,0 +1,192 @@
+"""Geometry refinement: move an extracted mesh's vertices so its renders match the views (masks, colours).
+
+Each iteration renders the mesh differentiably (:func:`backend.diff_render.render`) into a few random views and
+takes one Adam step on per-vertex offsets. Losses: mean squared error between the antialiased coverage and the
+view's mask; where the mesh has vertex colours and the view a mask, mean squared error between the premultiplied
+colour render and the view's colours times its mask. Regularisers keep the surface a surface: the uniform
+Laplacian of the offsets (smooth displacements, the extracted detail kept) and normal consistency between
+neighbouring faces. Optionally vertices move along their initial normals only. Each step is capped at a fraction of
+the mean edge length, so a face cannot flip in one step; faces that flipped relative to the start are counted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+
+from .diff_render import EdgeTopology, edge_topology, render
+from .mesh import Mesh
+from .progress import Hooks
+from .views import View
+
+
+@dataclass(frozen=True)
+class GeometryConfig:
+    """Per-instance geometry refinement (:func:`refine_geometry`)."""
+
+    iterations: int = 200
+    """Optimisation steps (0 returns the mesh unchanged)."""
+    views_per_iteration: int = 4
+    """Views rendered in each step (a random subset; all views when there are fewer)."""
+    lr: float = 0.0002
+    """Adam learning rate of the vertex offsets, as a fraction of the mesh's bounding-box diagonal."""
+    max_size: int = 256
+    """Longer side of the renders (views are compared at this size; masks and colours area-averaged to it)."""
+    mask_weight: float = 1.0
+    """Weight of the coverage loss (mean squared error against the view's mask)."""
+    color_weight: float = 0.5
+    """Weight of the colour loss (used when the mesh has vertex colours and the view a mask)."""
+    laplacian_weight: float = 10.0
+    """Weight of the uniform Laplacian of the offsets (squared, per vertex, relative to the diagonal squared)."""
+    normal_weight: float = 0.1
+    """Weight of normal consistency (1 − cos between the normals of faces sharing an edge, mean)."""
+    normal_only: bool = False
+    """Move each vertex along its initial normal only (one scalar per vertex)."""
+    max_step: float = 0.25
+    """Largest move of a vertex in one step, as a fraction of the mean edge length."""
+    cull_backfaces: bool = True
+    """Rasterise front faces only (right for closed, consistently wound meshes, which extraction gives)."""
+    seed: int = 0
+    """Seed of the view sampling."""
+
+
+@dataclass
+class GeometryStats:
+    """What :func:`refine_geometry` did. Losses are the data terms (coverage + colour), mean over the views of
+    the first / last step."""
+
+    iterations: int
+    seconds: float
+    initial_loss: float
+    final_loss: float
+    max_displacement: float
+    """Largest distance a vertex moved, in world units."""
+    flipped_faces: int
+    """Faces whose normal points against its starting direction at the end."""
+
+
+def refine_geometry(
+    mesh: Mesh, views: list[View], config: GeometryConfig, hooks: Hooks | None = None
+) -> tuple[Mesh, GeometryStats]:
+    """Refine ``mesh``'s vertex positions against ``views`` (their cameras in the mesh's frame); faces, colours
+    and UVs are kept. Reports stage ``geometry`` every 10 steps (a cancel check every step). Views without a mask
+    contribute only through the colour loss (none when the mesh has no vertex colours)."""
+    hooks = hooks or Hooks()
+    start = time.perf_counter()
+    base = mesh.vertices.detach().to(torch.float32)
+    device = base.device
+    faces = mesh.faces.to(device=device, dtype=torch.int64)
+    if config.iterations <= 0 or not views or faces.shape[0] == 0:
+        return mesh, GeometryStats(0, 0.0, float("nan"), float("nan"), 0.0, 0)
+    topology = edge_topology(faces)
+    diag = float((base.max(dim=0).values - base.min(dim=0).values).norm())
+    edge_len = float((base[topology.edges[:, 0]] - base[topology.edges[:, 1]]).norm(dim=1).mean())
+    colours = mesh.vertex_colors.to(device, torch.float32) if mesh.vertex_colors is not None else None
+    targets = [_targets(view, config.max_size, device) for view in views]
+    usable = [
+        n for n, (_, mask, rgb) in enumerate(targets) if mask is not None or (colours is not None and rgb is not None)
+    ]
+    if not usable:
+        return mesh, GeometryStats(0, time.perf_counter() - start, float("nan"), float("nan"), 0.0, 0)
+    neighbours, degree = _adjacency(topology, base.shape[0])
+    normals0 = Mesh(base, faces).vertex_normals() if config.normal_only else None
+    start_face_normals = Mesh(base, faces).face_normals()
+
+    param = torch.zeros((base.shape[0], 1 if config.normal_only else 3), device=device, requires_grad=True)
+    optimiser = torch.optim.Adam([param], lr=config.lr * diag)
+    generator = torch.Generator().manual_seed(config.seed)
+    first_loss = last_loss = float("nan")
+    it = 0
+    for it in range(1, config.iterations + 1):
+        pick = torch.randperm(len(usable), generator=generator)[: config.views_per_iteration].tolist()
+        chosen = [usable[n] for n in pick]
+        offsets = param * normals0 if normals0 is not None else param
+        vertices = base + offsets
+        out = render(
+            vertices, faces, [targets[n][0] for n in chosen], colours, topology=topology,
+            cull_backfaces=config.cull_backfaces, backend="torch" if device.type == "cpu" else "auto",
+        )  # fmt: skip
+        data = vertices.new_zeros(())
+        for k, n in enumerate(chosen):
+            _, mask, rgb = targets[n]
+            if mask is not None:
+                data = data + config.mask_weight * (out.mask[k] - mask).square().mean()
+                if colours is not None and rgb is not None:
+                    data = data + config.color_weight * (out.attributes[k] - rgb * mask[..., None]).square().mean()
+            elif colours is not None and rgb is not None:  # no mask: compare colours where the mesh is
+                diff = out.attributes[k] - rgb * out.mask[k][..., None]
+                data = data + config.color_weight * diff.square().mean()
+        data = data / len(chosen)
+        lap = _laplacian(offsets, neighbours, degree).square().sum(dim=1).mean() / diag**2
+        normal = _normal_consistency(vertices, faces, topology)
+        loss = data + config.laplacian_weight * lap + config.normal_weight * normal
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        before = param.detach().clone()
+        optimiser.step()
+        with torch.no_grad():
+            step = param - before
+            size = step.norm(dim=1, keepdim=True)
+            cap = config.max_step * edge_len
+            param.copy_(before + step * (cap / size.clamp_min(cap)))
+        last_loss = float(data.detach())
+        if it == 1:
+            first_loss = last_loss
+        if it % 10 == 0 or it == config.iterations:
+            hooks.report("geometry", it, config.iterations, f"loss {last_loss:.5f}")
+        else:
+            hooks.check_cancel()
+    with torch.no_grad():
+        offsets = param * normals0 if normals0 is not None else param
+        vertices = base + offsets
+        moved = float(offsets.norm(dim=1).max())
+        end_normals = Mesh(vertices, faces).face_normals()
+        flipped = int(((end_normals * start_face_normals).sum(dim=1) < 0).sum())
+    refined = replace(mesh, vertices=vertices.to(mesh.vertices.dtype))
+    return refined, GeometryStats(it, time.perf_counter() - start, first_loss, last_loss, moved, flipped)
+
+
+def _targets(view: View, max_size: int, device):
+    """(camera at render size, mask (h, w) or None, rgb (h, w, 3) or None) on ``device``."""
+    camera = view.camera
+    H, W = int(camera.height), int(camera.width)
+    scale = min(1.0, max_size / max(H, W))
+    h, w = max(1, round(H * scale)), max(1, round(W * scale))
+
+    def resize(a) -> torch.Tensor:
+        t = torch.as_tensor(a, dtype=torch.float32, device=device)
+        t = t[..., None] if t.dim() == 2 else t
+        if (h, w) != (H, W):
+            t = F.interpolate(t.permute(2, 0, 1)[None], size=(h, w), mode="area")[0].permute(1, 2, 0)
+        return t
+
+    mask = None if view.mask is None else resize(view.mask)[..., 0]
+    rgb = None if view.rgb is None else resize(view.rgb)
+    return (camera if (h, w) == (H, W) else camera.scaled(w, h)), mask, rgb
+
+
+def _adjacency(topology: EdgeTopology, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both directions of every edge (2E, 2) and each vertex's degree (N,)."""
+    e = topology.edges
+    both = torch.cat([e, e.flip(1)])
+    degree = torch.zeros(count, device=e.device).index_add(0, both[:, 0], torch.ones(both.shape[0], device=e.device))
+    return both, degree
+
+
+def _laplacian(x: torch.Tensor, neighbours: torch.Tensor, degree: torch.Tensor) -> torch.Tensor:
+    """Uniform Laplacian: each row minus the mean of its neighbours' rows."""
+    total = torch.zeros_like(x).index_add(0, neighbours[:, 0], x[neighbours[:, 1]])
+    return x - total / degree.clamp_min(1)[:, None]
+
+
+def _normal_consistency(vertices: torch.Tensor, faces: torch.Tensor, topology: EdgeTopology) -> torch.Tensor:
+    """Mean (1 − cos) between the normals of the two faces of every interior edge."""
+    v = vertices[faces]
+    n = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
+    n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    inner = topology.faces[:, 1] >= 0
+    f0, f1 = topology.faces[inner, 0], topology.faces[inner, 1]
+    return (1.0 - (n[f0] * n[f1]).sum(dim=-1)).mean()
