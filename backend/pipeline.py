@@ -69,17 +69,18 @@ METHODS = OPTIONS["method"].choices
 CHECKPOINT_ENV = "GTR_CHECKPOINT"
 
 PRESETS: dict[str, PipelineConfig] = {
-    # Sized for a 2-core CPU: about two to three minutes for 16 views at 256².
+    # Sized for a 2-core CPU: the demo (16 views at 160²) in three minutes; about three to four minutes for 16 views
+    # at 256².
     "draft": PipelineConfig(
         max_image_size=400,
         fit=FitConfig(
-            steps=1200,
+            steps=1100,
             rays_per_step=2048,
             hull_resolution=128,
             field=FieldConfig(resolution=192, channels=12, density_scale=25.0),
         ),
         extract=ExtractConfig(resolution=192),
-        geometry=GeometryConfig(iterations=120, max_size=256),
+        geometry=GeometryConfig(iterations=100, max_size=256),
         refine=RefineConfig(iterations=400, points_per_step=16384),
         gtr=GTRSettings(mesh_resolution=128, refine=GTRRefineConfig(raster_size=512)),
     ),

@@ -39,7 +39,8 @@ Details both sides rely on:
   later stages.
 - ``preview``: ``path`` is ``<job_dir>/previews/preview_NN.npz`` (NN from 00, written atomically), the layout
   of the result's ``mesh.npz``, in the job's world frame; ``label`` says what it is (``"visual hull"``, no
-  colours; ``"surface"``, vertex colours before texture refinement). Each preview replaces the one before.
+  colours; ``"surface"``, vertex colours before texture refinement; ``"refined surface"``, the same after the
+  ``fit`` method's geometry refinement). Each preview replaces the one before.
 - ``result``: ``files`` maps each written kind (``npz``, ``glb``, ..., ``texture`` for a UV texture) to an
   absolute path under ``<job_dir>/result``; ``metrics`` is that folder's ``metrics.json`` (timings, warnings,
   face count, ...; a non-finite number is sent as null).

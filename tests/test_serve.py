@@ -38,7 +38,8 @@ CANCEL_LATENCY_BOUND_S = 1.5
 """From writing ``cancel`` to reading ``cancelled``, a job in its fit stage. Measured 0.27–0.35 s (one fit step at
 one torch thread, plus the pipes) on a 2-core CPU shared with other jobs."""
 
-SHORT = {"preset": "draft", "fit_steps": 2, "mesh_resolution": 24, "refine_iterations": 2, "device": "cpu"}
+SHORT = {"preset": "draft", "fit_steps": 2, "mesh_resolution": 24, "geometry_iterations": 2, "refine_iterations": 2,
+         "device": "cpu"}
 """Job options of a run of about 3 s."""
 LONG = dict(SHORT, fit_steps=1200)
 """Job options of a run that is still fitting a minute later (it gets cancelled)."""
@@ -220,7 +221,8 @@ def test_run_streams_progress_then_previews_then_result(server, tiny_scene, tmp_
 
     progress = [m for m in before if m["type"] == "progress"]
     stages = list(dict.fromkeys(m["stage"] for m in progress))
-    assert stages == ["hull", "fit", "extract", "refine", "bake", "metrics", "write"] and set(stages) <= set(STAGES)
+    assert stages == ["hull", "fit", "extract", "geometry", "refine", "bake", "metrics", "write"]
+    assert set(stages) <= set(STAGES)
     metrics_steps = [(m["step"], m["total"]) for m in progress if m["stage"] == "metrics"]
     assert metrics_steps[0] == (0, 5) and metrics_steps[-1] == (5, 5)  # a stage's first and last always come
     assert all(m["eta"] is None or m["eta"] >= 0 for m in progress)
@@ -228,9 +230,10 @@ def test_run_streams_progress_then_previews_then_result(server, tiny_scene, tmp_
     assert any(m["eta"] is not None and m["eta"] > 0 for m in progress)  # estimated mid-stage
 
     previews = [m for m in before if m["type"] == "preview"]
-    assert [m["label"] for m in previews] == ["visual hull", "surface"]
+    assert [m["label"] for m in previews] == ["visual hull", "surface", "refined surface"]
     assert before.index(previews[0]) < [m.get("stage") for m in before].index("fit")  # before the fit starts
-    assert before.index(previews[1]) < [m.get("stage") for m in before].index("refine")
+    assert before.index(previews[1]) < [m.get("stage") for m in before].index("geometry")
+    assert before.index(previews[2]) < [m.get("stage") for m in before].index("refine")
     meshes = []
     for n, msg in enumerate(previews):
         assert msg["path"] == str(job_dir / protocol.PREVIEW_FOLDER / f"preview_{n:02d}.npz")
