@@ -29,7 +29,7 @@ from backend.synthetic import write_scene_as_transforms
 from backend.views import Job
 
 CPU = torch.device("cpu")
-FIT_STAGES = ("hull", "fit", "extract", "refine", "bake", "metrics", "evaluate", "write")
+FIT_STAGES = ("hull", "fit", "extract", "geometry", "refine", "bake", "metrics", "evaluate", "write")
 """The stages the fit method's eval flow reports, in order of their first report."""
 GTR_STAGES = ("checkpoint", "normalise", "hull", "generate", "extract", "refine", "bake", "metrics", "evaluate",
               "write")
@@ -40,7 +40,8 @@ here; 0.64 s (evaluate) with torch's default threads. The bound is about twice t
 
 
 def tiny_config() -> PipelineConfig:
-    """``draft`` shrunk until a whole run takes seconds: 20 fit steps, 16² planes, 24³ grids, 10 refinements."""
+    """``draft`` shrunk until a whole run takes seconds: 20 fit steps, 16² planes, 24³ grids, 20 geometry steps,
+    10 refinements."""
     draft = PRESETS["draft"]
     return replace(
         draft,
@@ -55,6 +56,7 @@ def tiny_config() -> PipelineConfig:
             render=replace(draft.fit.render, samples_per_diagonal=96),
         ),
         extract=replace(draft.extract, resolution=24, depth_map_size=24, chunk=4096),
+        geometry=replace(draft.geometry, iterations=20, max_size=32),
         refine=replace(draft.refine, iterations=10, points_per_step=512),
         bake=replace(draft.bake, chunk=256),
         gtr=replace(
