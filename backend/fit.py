@@ -7,6 +7,7 @@ floaters outside the hull.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, fields
@@ -60,6 +61,9 @@ class FitConfig:
     """Weight of the distortion loss, which makes surfaces sharp (rays stop within a short interval)."""
     random_background: bool = True
     """Composite targets on a random colour per ray, so opacity is learnt from colour too."""
+    seed: int = 0
+    """Seed of the field's initialisation, the rays drawn and their backgrounds: the same inputs give the same fit,
+    whatever the machine's load."""
     train_mlps: bool = True
     """Optimise the density and colour MLPs with the triplane (False: the triplane only, as the gtr polish does)."""
     field: FieldConfig = dc_field(default_factory=lambda: FieldConfig(density_scale=25.0))
@@ -232,6 +236,16 @@ def update_occupancy(field: TriplaneField, hull: OccupancyGrid, config: FitConfi
     return OccupancyGrid(occupied.occupied & cand)
 
 
+@contextlib.contextmanager
+def seeded(seed: int, device):
+    """Run the block with torch's random generators seeded with ``seed`` (the CPU's, and the GPU's when ``device``
+    is CUDA), then give them back their state: the block's randomness depends on ``seed`` alone."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
 def fit(
     views: list[View],
     config: FitConfig,
@@ -244,7 +258,11 @@ def fit(
 
     ``hull``: the views' visual hull on the fit's grid (:func:`hull_grid` at ``config.hull_resolution``) when the
     caller carved it already, e.g. to show it; else it is carved here."""
-    hooks = hooks or Hooks()
+    with seeded(config.seed, device):
+        return _fit(views, config, device, hooks or Hooks(), field, hull)
+
+
+def _fit(views, config: FitConfig, device, hooks: Hooks, field, hull) -> FitResult:
     start = time.perf_counter()
     pixels = gather_pixels(views, device)
     if hull is None:

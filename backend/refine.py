@@ -32,6 +32,7 @@ from torch import nn
 
 from .cameras import Camera
 from .field import TriplaneField, requires_grad
+from .fit import seeded
 from .mesh import Mesh
 from .progress import Hooks
 from .raster import interpolate, rasterize
@@ -74,6 +75,8 @@ class RefineConfig:
     """Pixels whose mask is below this are not used (silhouette pixels mix object and background)."""
     max_points: int = 4_000_000
     """Upper bound on the surface points kept from all views (random subset beyond it)."""
+    seed: int = 0
+    """Seed of the points drawn (the same inputs give the same refinement)."""
 
 
 @dataclass
@@ -117,7 +120,11 @@ def refine_texture(
 ) -> RefineResult:
     """The ``fit`` recipe: optimise the triplane and colour MLP of ``field`` in place against the views, on the mesh
     surface."""
-    hooks = hooks or Hooks()
+    with seeded(config.seed, field.planes.device):
+        return _refine_texture(field, mesh, views, config, hooks or Hooks())
+
+
+def _refine_texture(field: TriplaneField, mesh: Mesh, views: list[View], config: RefineConfig, hooks: Hooks):
     start = time.perf_counter()
     if config.iterations <= 0:
         return RefineResult(0, 0.0, float("nan"))
