@@ -254,7 +254,8 @@ def reconstruct(
     """Run every stage on a loaded job. Raises InputError for bad input and Cancelled when cancelled.
 
     ``load_weights`` gives the ``gtr`` method its checkpoint. Previews (``hooks.preview``) come after the visual
-    hull and after extraction, before texture refinement."""
+    hull, after extraction and (``fit``) after geometry refinement, before texture refinement. torch's CPU
+    threads are set for the run (option ``threads``, else the CPUs this process may use)."""
     method, checkpoint = choose_method(job.options)
     threads = use_threads(job.options.get("threads"))
     if method == "gtr":
