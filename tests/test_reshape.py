@@ -23,7 +23,8 @@ SIZE = 96
 
 @pytest.fixture(scope="module")
 def cube_scene():
-    """10 cameras (two rings) at 96² and the cube's hard-rasterised masks; the cube's colours are its position."""
+    """10 cameras (two rings) at 96² and the cube's hard-rasterised masks (flat grey images: the sphere has no
+    colours, so only the masks pull it)."""
     cv, cf = cube(dtype=torch.float32)
     cameras = orbit_cameras(10, 3.0, 40.0, SIZE, elevations_degrees=(35.0, -25.0))
     views = []
