@@ -31,6 +31,7 @@ import torch
 
 from . import raster
 from .cameras import Camera
+from .mesh import Mesh
 
 
 @dataclass
@@ -218,7 +219,7 @@ def _render_view(
         depth_p = 1.0 / s.squeeze(1)
 
     if smooth_normals:
-        vn = _vertex_normals(vertices, faces)
+        vn = Mesh(vertices, faces).vertex_normals()
         n_p = (vn[corners] * bary[:, :, None]).sum(dim=1)
     else:
         v = vertices[corners]
@@ -239,13 +240,6 @@ def _render_view(
         image = _antialias(image, xy, z, facing, topology, far, H, W, orthographic=camera.orthographic, near=near)
     attr_img = None if attributes is None else image[:, 1:].reshape(H, W, -1)
     return image[:, 0].reshape(H, W), attr_img, depth.reshape(H, W), normals.reshape(H, W, 3), tid.reshape(H, W)
-
-
-def _vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    v = vertices[faces]
-    n = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
-    out = torch.zeros_like(vertices).index_add(0, faces.reshape(-1), n.repeat_interleave(3, dim=0))
-    return out / out.norm(dim=-1, keepdim=True).clamp_min(1e-20)
 
 
 def _antialias(
@@ -369,7 +363,7 @@ def _render_nvdiffrast(verts, faces, cameras, attrs, smooth_normals, antialias) 
         clip.append(raster.clip_positions(cam, camera))
         zs.append(cam[:, 2:3])
         if smooth_normals:
-            normals_v.append(_vertex_normals(vertices, faces))
+            normals_v.append(Mesh(vertices, faces).vertex_normals())
     clip = torch.stack(clip).to(torch.float32).contiguous()  # (V, N, 4)
     tri = faces.to(torch.int32).contiguous()
     rast = raster.nvdiffrast_rasterize_diff(clip, tri, H, W)  # (V, H, W, 4)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +39,7 @@ from .progress import Hooks, StageTimer, cut_short_warning
 from .refine import GTRRefineConfig, RefineConfig, refine_texture, texture_copy
 from .reshape import GeometryConfig, refine_geometry
 from .threads import use_threads
-from .views import Job, View
+from .views import Job, View, downscale
 from .volume import OccupancyGrid
 
 
@@ -173,29 +173,6 @@ def resolve_device(name: str = "auto") -> torch.device:
                 fix=f"use --device cuda:0 ... cuda:{count - 1}, or check CUDA_VISIBLE_DEVICES.",
             )
     return torch.device(name)
-
-
-def downscale(view: View, max_size: int) -> View:
-    """The view with its image (and mask, depth) resized so the longer side is at most ``max_size``."""
-    H, W = view.rgb.shape[:2]
-    if max(H, W) <= max_size:
-        return view
-    s = max_size / max(H, W)
-    h, w = max(1, round(H * s)), max(1, round(W * s))
-
-    def resize(a, mode):
-        t = torch.as_tensor(a, dtype=torch.float32)
-        t = t[None, None] if t.dim() == 2 else t.permute(2, 0, 1)[None]
-        out = torch.nn.functional.interpolate(t, size=(h, w), mode=mode)[0]
-        return (out[0] if out.shape[0] == 1 and np.ndim(a) == 2 else out.permute(1, 2, 0)).numpy()
-
-    return replace(
-        view,
-        camera=view.camera.scaled(w, h),
-        rgb=resize(view.rgb, "area"),
-        mask=None if view.mask is None else resize(view.mask, "area"),
-        depth=None if view.depth is None else resize(view.depth, "nearest"),
-    )
 
 
 @dataclass

@@ -15,12 +15,11 @@ import time
 from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 
 from .diff_render import EdgeTopology, edge_topology, render
 from .mesh import Mesh
 from .progress import Hooks
-from .views import View
+from .views import View, downscale
 
 
 @dataclass(frozen=True)
@@ -151,21 +150,12 @@ def refine_geometry(
 
 def _targets(view: View, max_size: int, device):
     """(camera at render size, mask (h, w) or None, rgb (h, w, 3) or None) on ``device``."""
-    camera = view.camera
-    H, W = int(camera.height), int(camera.width)
-    scale = min(1.0, max_size / max(H, W))
-    h, w = max(1, round(H * scale)), max(1, round(W * scale))
+    small = downscale(replace(view, depth=None), max_size)
 
-    def resize(a) -> torch.Tensor:
-        t = torch.as_tensor(a, dtype=torch.float32, device=device)
-        t = t[..., None] if t.dim() == 2 else t
-        if (h, w) != (H, W):
-            t = F.interpolate(t.permute(2, 0, 1)[None], size=(h, w), mode="area")[0].permute(1, 2, 0)
-        return t
+    def tensor(a) -> torch.Tensor | None:
+        return None if a is None else torch.as_tensor(a, dtype=torch.float32, device=device)
 
-    mask = None if view.mask is None else resize(view.mask)[..., 0]
-    rgb = None if view.rgb is None else resize(view.rgb)
-    return (camera if (h, w) == (H, W) else camera.scaled(w, h)), mask, rgb
+    return small.camera, tensor(small.mask), tensor(small.rgb)
 
 
 def _adjacency(topology: EdgeTopology, count: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,9 +174,7 @@ def _laplacian(x: torch.Tensor, neighbours: torch.Tensor, degree: torch.Tensor) 
 
 def _normal_consistency(vertices: torch.Tensor, faces: torch.Tensor, topology: EdgeTopology) -> torch.Tensor:
     """Mean (1 − cos) between the normals of the two faces of every interior edge."""
-    v = vertices[faces]
-    n = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
-    n = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    n = Mesh(vertices, faces).face_normals()
     inner = topology.faces[:, 1] >= 0
     f0, f1 = topology.faces[inner, 0], topology.faces[inner, 1]
     return (1.0 - (n[f0] * n[f1]).sum(dim=-1)).mean()

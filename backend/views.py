@@ -1,10 +1,11 @@
-"""Typed data handed from the loader to the pipeline: views, bounds, the job."""
+"""Typed data handed from the loader to the pipeline: views, bounds, the job; resizing a view."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 
 from .cameras import Camera
 
@@ -57,3 +58,26 @@ class Job:
     warnings: list[str] = field(default_factory=list)
     """What the loader noticed but accepted (unknown option keys, repeated images); ``pipeline.reconstruct``
     copies them into the result's warnings (``metrics.json``)."""
+
+
+def downscale(view: View, max_size: int) -> View:
+    """The view with its image (and mask, depth) resized so the longer side is at most ``max_size``."""
+    H, W = view.rgb.shape[:2]
+    if max(H, W) <= max_size:
+        return view
+    s = max_size / max(H, W)
+    h, w = max(1, round(H * s)), max(1, round(W * s))
+
+    def resize(a, mode):
+        t = torch.as_tensor(a, dtype=torch.float32)
+        t = t[None, None] if t.dim() == 2 else t.permute(2, 0, 1)[None]
+        out = torch.nn.functional.interpolate(t, size=(h, w), mode=mode)[0]
+        return (out[0] if out.shape[0] == 1 and np.ndim(a) == 2 else out.permute(1, 2, 0)).numpy()
+
+    return replace(
+        view,
+        camera=view.camera.scaled(w, h),
+        rgb=resize(view.rgb, "area"),
+        mask=None if view.mask is None else resize(view.mask, "area"),
+        depth=None if view.depth is None else resize(view.depth, "nearest"),
+    )
