@@ -10,6 +10,12 @@ as with baked-lighting renders.
 Views are rendered at 2× resolution and box-downsampled, so alpha is pixel coverage (fractional at
 silhouettes) and ``rgb`` is the un-premultiplied object colour (the background colour where alpha is 0).
 The ground-truth mesh is a marching-cubes surface of the SDF on a fine grid.
+
+With ``SceneConfig.backdrop`` the object stands in a room instead, as in a photograph without masks: a wooden
+table disc just below it and the inside of a large textured sphere around everything (both found by analytic
+ray intersection, no tracing; see :func:`backdrop_colour`). ``rgb`` is then the whole photo, the object
+composited over the backdrop sub-sample by sub-sample, while ``alpha`` and ``depth`` still describe the object
+alone (for scoring).
 """
 
 from __future__ import annotations
@@ -34,10 +40,37 @@ from .views import View
 BOX = 1.0
 """Rays are traced inside the box [-BOX, BOX]³; the object lies well inside it."""
 
+OBJECT_BOTTOM_Z = -0.68
+"""The object's lowest point: the flat underside of the body (centre z -0.3, half height 0.38); the handle
+reaches down to -0.66. Checked on the SDF (a scan upwards in z steps of 0.0001 first finds the inside at
+-0.68) and on the ground-truth mesh (lowest vertex -0.680)."""
+TABLE_Z = OBJECT_BOTTOM_Z - 0.06
+"""Height of the backdrop's table top, a horizontal disc just below the object (it floats 0.06 above it)."""
+TABLE_RADIUS = 2.5
+"""Radius of the table disc around the z axis."""
+ROOM_RADIUS = 8.0
+"""Radius of the backdrop's room: the inside of a sphere around the origin; cameras must be inside it."""
+
 _PALETTE_SRGB = ((0.90, 0.15, 0.12), (0.98, 0.72, 0.08), (0.05, 0.62, 0.55), (0.16, 0.30, 0.85))
 _LIGHT_KEY = (0.45, -0.55, 0.70)
 _LIGHT_FILL = (-0.60, 0.50, -0.25)
 _AMBIENT, _KEY, _FILL = 0.32, 0.78, 0.22
+# Backdrop colours (sRGB), muted so that they stay apart from the object's saturated palette.
+_TABLE_SRGB = ((0.66, 0.54, 0.41), (0.46, 0.35, 0.26))  # light and dark wood grain
+_FLOOR_SRGB = (0.36, 0.35, 0.33)
+_WALL_SRGB = (0.74, 0.72, 0.67)
+_ROOM_BLOBS = (  # (direction from the origin, sRGB colour) of large soft patches on the room's walls
+    ((1.0, 0.3, 0.2), (0.56, 0.63, 0.47)),  # sage
+    ((-0.4, 1.0, 0.1), (0.72, 0.52, 0.54)),  # dusty rose
+    ((-1.0, -0.5, 0.4), (0.46, 0.53, 0.64)),  # slate
+    ((0.3, -1.0, -0.1), (0.80, 0.71, 0.52)),  # sand
+    ((0.6, 0.7, 0.6), (0.63, 0.47, 0.41)),  # terracotta
+    ((-0.7, 0.2, -0.5), (0.50, 0.48, 0.42)),  # olive grey
+)
+_TRAIN_ELEVATIONS = (-25.0, 35.0, 5.0, 60.0)
+_TEST_ELEVATIONS = (30.0, 22.0, 35.0, 5.0)
+_BACKDROP_TRAIN_ELEVATIONS = (15.0, 35.0, 55.0, 25.0)
+_BACKDROP_TEST_ELEVATIONS = (30.0, 20.0, 45.0, 40.0)
 
 
 @dataclass(frozen=True)
@@ -57,7 +90,18 @@ class SceneConfig:
     grid: int = 160
     """Marching-cubes lattice points per axis for the ground-truth mesh."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """sRGB colour of the views where the object is absent (alpha 0)."""
+    """sRGB colour of the views where the object is absent (alpha 0); unused with ``backdrop``."""
+    backdrop: bool = False
+    """Photograph the object in a room instead of on ``background``: a textured table disc at ``TABLE_Z`` and
+    textured walls (a sphere of ``ROOM_RADIUS``) fill every pixel the object leaves uncovered. Cameras then all
+    look down from above the table (default rings at 15°, 35°, 55°, 25°; held-out views at 30°, 20°, 45°,
+    40°). ``alpha`` and ``depth`` remain the object's alone."""
+    train_elevations: tuple[float, ...] | None = None
+    """Elevations in degrees the training cameras cycle through; None: the default rings (−25°, 35°, 5°, 60°
+    without a backdrop, see ``backdrop`` for those with one)."""
+    test_elevations: tuple[float, ...] | None = None
+    """Elevations in degrees the held-out cameras cycle through; None: the defaults (30°, 22°, 35°, 5° without
+    a backdrop)."""
 
 
 @dataclass
@@ -68,7 +112,9 @@ class SyntheticScene:
     """(N, 3) float32 ground-truth surface vertices, world coordinates."""
     gt_faces: np.ndarray
     """(M, 3) int64 triangles."""
-    background: tuple[float, float, float]
+    background: tuple[float, float, float] | None
+    """The flat sRGB colour where alpha is 0, or None for a scene with a backdrop (a photo with no such
+    colour: ``rgb`` shows the table and room there)."""
 
 
 # ------------------------------------------------------------------------------------------------------ shape
@@ -150,6 +196,57 @@ def shade(points: torch.Tensor, normals: torch.Tensor) -> torch.Tensor:
     return linear_to_srgb(albedo(points) * light[..., None])
 
 
+def _srgb(colours, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(colours, dtype=like.dtype, device=like.device)
+
+
+def table_colour(points: torch.Tensor) -> torch.Tensor:
+    """sRGB colour (..., 3) of the table top at ``points`` (..., 3) (z ignored): two-tone wood grain, bands
+    about 0.35 apart across y, bent by slow waves, under a gentle large-scale brightness change."""
+    x, y = points[..., 0], points[..., 1]
+    light, dark = _srgb(_TABLE_SRGB, points).unbind(0)
+    phase = 2.9 * (y + 0.12 * torch.sin(1.7 * x + 0.3) + 0.05 * torch.sin(4.3 * x - 2.1 * y))
+    grain = _smoothstep(-0.4, 0.4, torch.sin(2 * math.pi * phase))[..., None]
+    tint = 0.92 + 0.08 * torch.sin(0.9 * x + 1.3 * y)[..., None]
+    return ((light * (1 - grain) + dark * grain) * tint).clamp(0.0, 1.0)
+
+
+def room_colour(points: torch.Tensor) -> torch.Tensor:
+    """sRGB colour (..., 3) of the room's walls at ``points`` (..., 3) on them (used by direction from the
+    origin and by position): a darker floor below the horizon, large soft patches of six colours on pale walls,
+    and stripes a few units wide that modulate the brightness."""
+    n = points / points.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    floor = _smoothstep(-0.25, 0.05, n[..., 2])[..., None]  # 0 on the floor, 1 on the walls
+    colour = _srgb(_FLOOR_SRGB, points) * (1 - floor) + _srgb(_WALL_SRGB, points) * floor
+    weight = torch.full_like(n[..., :1], 0.35)
+    colour = colour * weight
+    for direction, rgb in _ROOM_BLOBS:
+        b = _srgb(direction, points)
+        w = torch.exp(((n * (b / b.norm())).sum(-1, keepdim=True) - 1.0) / 0.08)
+        colour = colour + w * _srgb(rgb, points)
+        weight = weight + w
+    colour = colour / weight
+    x, y, z = points.unbind(-1)
+    stripes = torch.sin(2.6 * x + 0.7 * z) * torch.sin(2.2 * y - 1.1 * z + 0.8) + 0.6 * torch.sin(1.7 * z + 0.4)
+    return (colour * (0.84 + 0.2 * stripes)[..., None]).clamp(0.0, 1.0)
+
+
+def backdrop_colour(origins: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
+    """sRGB colour (N, 3) of what rays (N, 3) see of the backdrop alone (the object ignored): the table where a
+    ray crosses the disc z = ``TABLE_Z``, |xy| ≤ ``TABLE_RADIUS`` from above (seen from below, the table is
+    not there), else the room sphere of ``ROOM_RADIUS`` where the ray leaves it (origins must be inside)."""
+    oz, dz = origins[:, 2], dirs[:, 2]
+    t_table = (TABLE_Z - oz) / torch.where(dz < 0, dz, torch.full_like(dz, -1.0))
+    p_table = origins + t_table[:, None] * dirs
+    on_table = (oz > TABLE_Z) & (dz < 0) & (p_table[:, :2].norm(dim=-1) <= TABLE_RADIUS)
+    a = (dirs * dirs).sum(-1)
+    b = (origins * dirs).sum(-1)
+    c = (origins * origins).sum(-1) - ROOM_RADIUS**2
+    t_room = (-b + (b * b - a * c).clamp_min(0.0).sqrt()) / a
+    p_room = origins + t_room[:, None] * dirs
+    return torch.where(on_table[:, None], table_colour(p_table), room_colour(p_room))
+
+
 # ---------------------------------------------------------------------------------------------------- tracing
 
 
@@ -214,12 +311,18 @@ def sphere_trace(
     return hit, t
 
 
-def render_view(camera: Camera, background=(1.0, 1.0, 1.0), supersample: int = 2) -> tuple[np.ndarray, ...]:
+def render_view(
+    camera: Camera, background=(1.0, 1.0, 1.0), supersample: int = 2, backdrop: bool = False
+) -> tuple[np.ndarray, ...]:
     """Render the object: ``(rgb (H, W, 3), alpha (H, W), depth (H, W))`` float32.
 
     ``rgb`` is the un-premultiplied sRGB object colour (``background`` where alpha is 0); ``alpha`` the coverage
     of ``supersample``² sub-pixel rays; ``depth`` the camera-z depth where all sub-pixels hit a locally smooth
-    surface, 0 elsewhere (silhouettes, occlusion edges, background)."""
+    surface, 0 elsewhere (silhouettes, occlusion edges, background).
+
+    With ``backdrop`` every sub-pixel ray that misses the object takes :func:`backdrop_colour` instead, and
+    ``rgb`` is the photo: the mean, in linear light, of the sub-pixel colours (``background`` is unused).
+    ``alpha`` and ``depth`` are the same as without the backdrop."""
     H, W, s = camera.height, camera.width, supersample
     fine = camera.scaled(W * s, H * s)
     origins, dirs = ray_bundle(fine)
@@ -239,14 +342,20 @@ def render_view(camera: Camera, background=(1.0, 1.0, 1.0), supersample: int = 2
             p = o[idx] + t[h][:, None] * d[idx]
             colour = shade(p, scene_normals(p))
             colour_lin[idx] = srgb_to_linear(colour)
+        if backdrop:
+            missed = ~hit
+            colour_lin[missed] = srgb_to_linear(backdrop_colour(o[missed], d[missed]))
     forward = torch.from_numpy(camera.forward).float()
     z = (t_all * (d @ forward)).reshape(H, s, W, s).permute(0, 2, 1, 3).reshape(H, W, s * s)
     hit_b = hit.reshape(H, s, W, s).permute(0, 2, 1, 3).reshape(H, W, s * s)
     col_b = colour_lin.reshape(H, s, W, s, 3).permute(0, 2, 1, 3, 4).reshape(H, W, s * s, 3)
     alpha = hit_b.float().mean(-1)
     premult = col_b.mean(-2)
-    bg = torch.tensor(background, dtype=torch.float32)
-    rgb = torch.where(alpha[..., None] > 0, linear_to_srgb(premult / alpha.clamp_min(1e-6)[..., None]), bg)
+    if backdrop:
+        rgb = linear_to_srgb(premult)
+    else:
+        bg = torch.tensor(background, dtype=torch.float32)
+        rgb = torch.where(alpha[..., None] > 0, linear_to_srgb(premult / alpha.clamp_min(1e-6)[..., None]), bg)
     full = hit_b.all(-1)
     spread = z.amax(-1) - z.amin(-1)
     depth = torch.where(full & (spread < 0.01 * z.mean(-1).clamp_min(1e-6)), z.mean(-1), torch.zeros(()))
@@ -256,25 +365,25 @@ def render_view(camera: Camera, background=(1.0, 1.0, 1.0), supersample: int = 2
 # ------------------------------------------------------------------------------------------------------ scene
 
 
-def _train_elevation(i: int) -> float:
-    """Four interleaved rings at −25°, 35°, 5° and 60°, so the underside is seen too."""
-    return (-25.0, 35.0, 5.0, 60.0)[i % 4]
-
-
 def _cameras(config: SceneConfig) -> tuple[list[Camera], list[Camera]]:
+    """Training rings (without a backdrop four interleaved rings at −25°, 35°, 5°, 60°, so the underside is
+    seen too; with one, all above the table) and held-out views half-way between the training azimuths."""
+    if config.backdrop and config.radius >= ROOM_RADIUS:
+        raise ValueError(
+            f"cameras at radius {config.radius} would stand outside the backdrop's room (radius {ROOM_RADIUS}); "
+            f"use a SceneConfig.radius below {ROOM_RADIUS}"
+        )
+    train_elevations = config.train_elevations or (_BACKDROP_TRAIN_ELEVATIONS if config.backdrop else _TRAIN_ELEVATIONS)
+    test_elevations = config.test_elevations or (_BACKDROP_TEST_ELEVATIONS if config.backdrop else _TEST_ELEVATIONS)
     rng = np.random.default_rng(config.seed)
     jitter = 0.0 if config.seed == 0 else float(rng.uniform(0, 360.0 / max(config.train_views, 1)))
     common = dict(radius=config.radius, fov_degrees=config.fov_degrees, size=config.size)
     train = orbit_cameras(
-        config.train_views,
-        elevations_degrees=[_train_elevation(i) for i in range(max(config.train_views, 1))],
-        azimuth_offset_degrees=jitter,
-        **common,
+        config.train_views, elevations_degrees=train_elevations, azimuth_offset_degrees=jitter, **common
     )
-    # held-out views: half-way between the training azimuths, at intermediate elevations
     test_offset = jitter + 180.0 / max(config.train_views, 1)
     test = orbit_cameras(
-        config.test_views, elevations_degrees=(30.0, 22.0, 35.0, 5.0), azimuth_offset_degrees=test_offset, **common
+        config.test_views, elevations_degrees=test_elevations, azimuth_offset_degrees=test_offset, **common
     )
     return train, test
 
@@ -299,7 +408,7 @@ def make_scene(config: SceneConfig = SceneConfig()) -> SyntheticScene:
     def views(prefix: str, cams: list[Camera]) -> list[View]:
         out = []
         for k, cam in enumerate(cams):
-            rgb, alpha, depth = render_view(cam, config.background)
+            rgb, alpha, depth = render_view(cam, config.background, backdrop=config.backdrop)
             out.append(View(f"{prefix}_{k:03d}", cam, rgb, alpha, depth))
         return out
 
@@ -309,32 +418,38 @@ def make_scene(config: SceneConfig = SceneConfig()) -> SyntheticScene:
         views("test", test_cams),
         vertices,
         faces,
-        tuple(float(c) for c in config.background),
+        None if config.backdrop else tuple(float(c) for c in config.background),
     )
 
 
 # --------------------------------------------------------------------------------------------------------- io
 
 
-def _write_split(folder: Path, split: str, views: list[View]) -> None:
+def _to_8bit(values: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(values, 0, 1) * 255).astype(np.uint8)
+
+
+def _write_split(folder: Path, split: str, views: list[View], photos: bool) -> None:
     (folder / split).mkdir(parents=True, exist_ok=True)
+    if photos:
+        (folder / "masks" / split).mkdir(parents=True, exist_ok=True)
     frames = []
     angle_x = None
     for k, view in enumerate(views):
         cam = view.camera
         angle_x = 2.0 * math.atan(0.5 * cam.width / cam.K[0, 0])
         alpha = view.mask if view.mask is not None else np.ones(view.rgb.shape[:2], np.float32)
-        rgba = np.concatenate([view.rgb, alpha[..., None]], -1)
-        Image.fromarray(np.round(np.clip(rgba, 0, 1) * 255).astype(np.uint8), "RGBA").save(
-            folder / split / f"r_{k}.png"
-        )
-        frames.append(
-            {
-                "file_path": f"./{split}/r_{k}",
-                "rotation": 0.0,
-                "transform_matrix": w2c_to_opengl_c2w(cam.world_to_camera).tolist(),
-            }
-        )
+        frame = {"file_path": f"./{split}/r_{k}"}
+        if photos:
+            Image.fromarray(_to_8bit(view.rgb), "RGB").save(folder / split / f"r_{k}.png")
+            Image.fromarray(_to_8bit(alpha), "L").save(folder / "masks" / split / f"r_{k}.png")
+            frame["mask_path"] = f"./masks/{split}/r_{k}.png"
+        else:
+            rgba = np.concatenate([view.rgb, alpha[..., None]], -1)
+            Image.fromarray(_to_8bit(rgba), "RGBA").save(folder / split / f"r_{k}.png")
+        frame["rotation"] = 0.0
+        frame["transform_matrix"] = w2c_to_opengl_c2w(cam.world_to_camera).tolist()
+        frames.append(frame)
     doc = {"camera_angle_x": angle_x, "frames": frames}
     (folder / f"transforms_{split}.json").write_text(json.dumps(doc, indent=2))
 
@@ -343,11 +458,17 @@ def write_scene_as_transforms(scene: SyntheticScene, folder: Path) -> Path:
     """Write the scene in the nerf_synthetic layout: ``train/r_{k}.png`` and ``test/r_{k}.png`` (straight-alpha
     RGBA, alpha = coverage), ``transforms_train.json`` / ``transforms_test.json`` (``camera_angle_x`` and
     OpenGL camera-to-world ``transform_matrix`` per frame; ``file_path`` without extension, as in the original
-    dataset) and ``gt.ply`` (binary ground-truth mesh, world units). Returns ``folder``."""
+    dataset) and ``gt.ply`` (binary ground-truth mesh, world units). Returns ``folder``.
+
+    A scene with a backdrop (``scene.background`` None) is written as photos instead: ``r_{k}.png`` is RGB (an
+    alpha channel would cut the backdrop away) and the coverage goes to a greyscale mask
+    ``masks/{split}/r_{k}.png`` named by the frame's ``mask_path`` (the nerfstudio key). The loader's
+    ``mask_source`` then chooses: "file" or "auto" (the default) read the masks, "none" gives maskless photos."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_split(folder, "train", scene.train)
-    _write_split(folder, "test", scene.test)
+    photos = scene.background is None
+    _write_split(folder, "train", scene.train, photos)
+    _write_split(folder, "test", scene.test, photos)
     faces = torch.as_tensor(np.asarray(scene.gt_faces, dtype=np.int64))
     gt = Mesh(torch.as_tensor(scene.gt_vertices, dtype=torch.float32), faces)
     export_mesh(gt, folder, ExportConfig(formats=("ply",), stem="gt"))

@@ -6,17 +6,37 @@ import torch
 import trimesh
 from PIL import Image
 
-from backend.cameras import focal_from_fov, opengl_c2w_to_w2c, project
+from backend.cameras import focal_from_fov, opengl_c2w_to_w2c, orbit_cameras, project
+from backend.colour import linear_to_srgb, srgb_to_linear
+from backend.inputs.transforms import load_transforms
 from backend.metrics import sample_surface
-from backend.synthetic import SceneConfig, make_scene, scene_sdf, write_scene_as_transforms
+from backend.synthetic import (
+    OBJECT_BOTTOM_Z,
+    ROOM_RADIUS,
+    TABLE_RADIUS,
+    TABLE_Z,
+    SceneConfig,
+    make_scene,
+    render_view,
+    room_colour,
+    scene_sdf,
+    table_colour,
+    write_scene_as_transforms,
+)
 
 SIZE = 64
 CONFIG = SceneConfig(size=SIZE, train_views=8, test_views=2, grid=96)
+BACKDROP = SceneConfig(size=32, train_views=4, test_views=2, grid=32, backdrop=True)
 
 
 @pytest.fixture(scope="module")
 def scene():
     return make_scene(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def backdrop_scene():
+    return make_scene(BACKDROP)
 
 
 def _dilate(mask: np.ndarray) -> np.ndarray:
@@ -181,3 +201,151 @@ def test_write_scene_as_transforms_round_trip(scene, tmp_path):
     gt = trimesh.load(out / "gt.ply", process=False)
     np.testing.assert_array_equal(np.asarray(gt.vertices, dtype=np.float32), scene.gt_vertices)
     np.testing.assert_array_equal(gt.faces, scene.gt_faces)
+
+
+# Measured on the scene before the backdrop was added (commit 5fb50c7): per view, the sums of rgb, alpha and depth
+# over all pixels, and (row, column): (rgb, alpha, depth) at a few pixels. The default scene must stay the same.
+DEFAULT_SUMS = {
+    "train_000": (9838.14205658529, 1161.0, 2929.869717359543),
+    "train_003": (9999.17000555154, 1078.75, 2863.6225283145905),
+    "test_001": (9806.57979640551, 1163.25, 3012.533472061157),
+}
+DEFAULT_PIXELS = {
+    ("train_000", 32, 32): ((0.02076294645667076, 0.3849641978740692, 0.32450810074806213), 1.0, 3.3094482421875),
+    ("train_000", 20, 40): ((0.45086759328842163, 0.0511394739151001, 0.046865351498126984), 1.0, 3.802736520767212),
+    ("train_000", 45, 25): ((0.5973848700523376, 0.4096749424934387, 0.025084251537919044), 1.0, 3.201205253601074),
+    ("train_003", 32, 32): ((0.3390369117259979, 0.16059812903404236, 0.48498767614364624), 1.0, 0.0),
+    ("train_003", 20, 40): ((1.0, 1.0, 1.0), 0.0, 0.0),
+    ("test_001", 20, 40): ((0.6616488695144653, 0.09719549864530563, 0.07635045796632767), 1.0, 3.7328245639801025),
+    ("test_001", 0, 0): ((1.0, 1.0, 1.0), 0.0, 0.0),
+}
+
+
+def test_default_scene_is_unchanged(scene):
+    views = {v.name: v for v in scene.train + scene.test}
+    for name, sums in DEFAULT_SUMS.items():
+        v = views[name]
+        measured = [a.astype(np.float64).sum() for a in (v.rgb, v.mask, v.depth)]
+        np.testing.assert_allclose(measured, sums, rtol=0, atol=1e-3)
+    for (name, j, i), (rgb, alpha, depth) in DEFAULT_PIXELS.items():
+        v = views[name]
+        np.testing.assert_allclose(v.rgb[j, i], rgb, rtol=0, atol=1e-6)
+        assert v.mask[j, i] == alpha
+        assert v.depth[j, i] == pytest.approx(depth, abs=1e-6)
+    assert scene.background == (1.0, 1.0, 1.0)
+    elevations = [np.degrees(np.arcsin(v.camera.centre[2] / CONFIG.radius)) for v in scene.train[:4]]
+    np.testing.assert_allclose(elevations, [-25.0, 35.0, 5.0, 60.0], atol=1e-9)
+
+
+def test_table_sits_just_below_the_object(scene):
+    assert scene.gt_vertices[:, 2].min() == pytest.approx(OBJECT_BOTTOM_Z, abs=1e-4)
+    assert OBJECT_BOTTOM_Z - 0.08 < TABLE_Z < OBJECT_BOTTOM_Z
+
+
+def test_backdrop_cameras_look_down_from_above_the_table(backdrop_scene):
+    def elevations(views):
+        return [np.degrees(np.arcsin(v.camera.centre[2] / BACKDROP.radius)) for v in views]
+
+    np.testing.assert_allclose(elevations(backdrop_scene.train), [15.0, 35.0, 55.0, 25.0], atol=1e-9)
+    np.testing.assert_allclose(elevations(backdrop_scene.test), [30.0, 20.0], atol=1e-9)
+    assert backdrop_scene.background is None
+    with pytest.raises(ValueError, match="outside the backdrop's room"):
+        make_scene(SceneConfig(size=8, train_views=1, test_views=0, backdrop=True, radius=ROOM_RADIUS + 1))
+
+
+def test_backdrop_leaves_the_object_alpha_depth_and_colour_alone(backdrop_scene):
+    """The same cameras without the backdrop (elevations given explicitly) give the same alpha, depth and, where
+    the object covers the whole pixel, the same colour; elsewhere the photo shows a textured, not flat, room."""
+    plain = make_scene(
+        SceneConfig(
+            size=32, train_views=4, test_views=2, grid=32, train_elevations=(15.0, 35.0, 55.0, 25.0),
+            test_elevations=(30.0, 20.0),
+        )
+    )  # fmt: skip
+    for a, b in zip(backdrop_scene.train + backdrop_scene.test, plain.train + plain.test, strict=True):
+        np.testing.assert_array_equal(a.camera.world_to_camera, b.camera.world_to_camera)
+        np.testing.assert_array_equal(a.mask, b.mask)
+        np.testing.assert_array_equal(a.depth, b.depth)
+        full = a.mask == 1
+        assert full.sum() > 50
+        np.testing.assert_array_equal(a.rgb[full], b.rgb[full])
+        empty = a.mask == 0
+        assert np.abs(a.rgb[empty] - np.asarray(plain.background)).max(-1).min() > 0.1
+        assert a.rgb[empty].std(0).max() > 0.04
+    np.testing.assert_array_equal(backdrop_scene.gt_vertices, plain.gt_vertices)
+
+
+def _pixel_rays(camera):
+    """Unit rays (H·W, 3) through the pixel centres, row-major, in float64 (independent of ray_bundle)."""
+    j, i = np.mgrid[0 : camera.height, 0 : camera.width]
+    K = camera.K
+    local = np.stack([(i + 0.5 - K[0, 2]) / K[0, 0], (j + 0.5 - K[1, 2]) / K[1, 1], np.ones(i.shape)], -1)
+    c2w = camera.camera_to_world
+    d = local.reshape(-1, 3) @ c2w[:3, :3].T
+    return np.broadcast_to(c2w[:3, 3], d.shape), d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+def test_backdrop_pixels_show_the_table_below_and_the_room_beyond():
+    """One sub-sample per pixel, so each empty pixel is exactly what its centre ray meets: the table's texture
+    where the ray crosses the disc (solved here as a ray-plane hit), else the room's where it leaves the sphere
+    — above the horizon too."""
+    size = 32
+    table_pixels = sky_pixels = 0
+    for cam in orbit_cameras(2, 4.0, 30.0, size, elevations_degrees=(35.0, 5.0), azimuth_offset_degrees=20.0):
+        rgb, alpha, _ = render_view(cam, supersample=1, backdrop=True)
+        o, d = _pixel_rays(cam)
+        empty = alpha.reshape(-1) == 0
+        t_table = (TABLE_Z - o[:, 2]) / np.minimum(d[:, 2], -1e-12)
+        p_table = o + t_table[:, None] * d
+        r = np.linalg.norm(p_table[:, :2], axis=1)
+        on_table = (d[:, 2] < 0) & (r < TABLE_RADIUS - 1e-4)
+        off_table = (d[:, 2] >= 0) | (r > TABLE_RADIUS + 1e-4)
+        b = (o * d).sum(1)
+        t_room = -b + np.sqrt(b * b - ((o * o).sum(1) - ROOM_RADIUS**2))
+        p_room = o + t_room[:, None] * d
+        colours = rgb.reshape(-1, 3)
+        pick = empty & on_table
+        expected = table_colour(torch.from_numpy(p_table[pick]).float()).numpy()
+        np.testing.assert_allclose(colours[pick], expected, rtol=0, atol=2e-4)
+        table_pixels += pick.sum()
+        pick = empty & off_table
+        expected = room_colour(torch.from_numpy(p_room[pick]).float()).numpy()
+        np.testing.assert_allclose(colours[pick], expected, rtol=0, atol=2e-4)
+        sky_pixels += (pick & (d[:, 2] > 0)).sum()
+    assert table_pixels > 200 and sky_pixels > 20
+
+
+def test_backdrop_silhouettes_average_sub_samples_in_linear_light():
+    """A 2×2-supersampled pixel is the linear-light mean of the four sub-samples rendered one per pixel at twice
+    the size: object and backdrop mixed by coverage at the silhouette, with no division by alpha."""
+    cam = orbit_cameras(1, 4.0, 30.0, 24, elevations_degrees=(25.0,), azimuth_offset_degrees=70.0)[0]
+    rgb, alpha, _ = render_view(cam, supersample=2, backdrop=True)
+    fine_rgb, fine_alpha, _ = render_view(cam.scaled(48, 48), supersample=1, backdrop=True)
+
+    def blocks(a):
+        return a.reshape(24, 2, 24, 2, *a.shape[2:]).mean((1, 3))
+
+    np.testing.assert_array_equal(alpha, blocks(fine_alpha))
+    soft = (alpha > 0) & (alpha < 1)
+    assert soft.sum() > 20
+    np.testing.assert_allclose(rgb, linear_to_srgb(blocks(srgb_to_linear(fine_rgb))), rtol=0, atol=1e-5)
+
+
+def test_write_backdrop_scene_as_rgb_photos_and_mask_files(backdrop_scene, tmp_path):
+    out = write_scene_as_transforms(backdrop_scene, tmp_path / "photos")
+    views = backdrop_scene.train
+    doc = json.loads((out / "transforms_train.json").read_text())
+    for frame, view in zip(doc["frames"], views, strict=True):
+        img = Image.open(out / (frame["file_path"] + ".png"))
+        assert img.mode == "RGB"
+        assert np.abs(np.asarray(img) / 255 - view.rgb).max() <= 0.5 / 255 + 1e-6
+        mask = Image.open(out / frame["mask_path"])
+        assert mask.mode == "L"
+        assert np.abs(np.asarray(mask) / 255 - view.mask).max() <= 0.5 / 255 + 1e-6
+    # the reader takes the masks only when asked for them
+    with_masks = load_transforms(out, split="train", options={"mask_source": "file"})
+    without = load_transforms(out, split="train", options={"mask_source": "none"})
+    for a, b, view in zip(with_masks.views, without.views, views, strict=True):
+        assert np.abs(a.mask - view.mask).max() <= 0.5 / 255 + 1e-6
+        assert b.mask is None
+        assert np.abs(b.rgb - view.rgb).max() <= 0.5 / 255 + 1e-6

@@ -14,7 +14,8 @@ A camera file reads::
 The 3×4 (or 4×4) block is the OpenCV world-to-camera matrix; intrinsics are in pixels for an image of
 ``height`` × ``width`` (pixel-corner convention, centre = width / 2). Blank lines and the header words are
 free; the intrinsic line may also give only ``fx fy cx cy`` (then the image's size is used). When the image's
-size differs from the file's, the intrinsics are scaled to the image.
+size differs from the file's, the intrinsics are scaled to the image (the stored image: a JPEG with an EXIF
+orientation tag is then turned upright with its camera, see :mod:`backend.inputs.photo`).
 
 Each ``cam_XXX.txt`` pairs with ``rgb_XXX`` (``.png``, ``.jpg`` or ``.jpeg``) and, when present, a mask
 ``mask_XXX.png``; views are ordered by ``XXX`` (numerically when it is a number) and named ``rgb_XXX``.
@@ -29,8 +30,9 @@ import numpy as np
 
 from ..cameras import Camera, intrinsics
 from ..errors import InputError
-from ..views import Bounds, Job, View
+from ..views import Bounds, Job
 from .images import load_pixels
+from .photo import make_view
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
@@ -102,6 +104,7 @@ def load_gtr_folder(folder, *, options: dict | None = None, bounds: Bounds | Non
     cams = find_cam_files(folder)
     if not cams:
         raise InputError(f"no cam_*.txt files in {folder}", fix="point at the folder holding cam_XXX.txt files.")
+    notes: list[str] = []
     views = []
     for index, (key, cam_path) in enumerate(cams):
         name = f"rgb_{key}"
@@ -121,5 +124,5 @@ def load_gtr_folder(folder, *, options: dict | None = None, bounds: Bounds | Non
         camera = Camera(w2c, K, width, height)
         if (width, height) != (pixels.width, pixels.height):
             camera = camera.scaled(pixels.width, pixels.height)
-        views.append(View(name, camera, pixels.rgb, pixels.mask, pixels.depth))
-    return Job(views=views, bounds=bounds, options=options, source=str(folder))
+        views.append(make_view(name, pixels, camera, index=index, notes=notes))
+    return Job(views=views, bounds=bounds, options=options, source=str(folder), warnings=notes)

@@ -2,8 +2,8 @@
 
 Colour: 8- or 16-bit PNG, JPEG, anything else Pillow opens; modes 1 / L / LA / P / PA / RGB / RGBA /
 I;16 / I / F. The result is (H, W, 3) float32 sRGB in [0, 1] plus (H, W) float32 alpha in [0, 1] when the
-file has an alpha channel (or a palette transparency), else None. EXIF orientation is *not* applied: cameras
-describe the stored pixel grid.
+file has an alpha channel (or a palette transparency), else None. Pixels are returned as stored; a JPEG's EXIF
+orientation tag is read by :func:`read_orientation` and applied, with the camera, by :mod:`backend.inputs.photo`.
 
 Masks, chosen per job by the option ``mask_source`` (see :func:`choose_mask`):
 
@@ -36,6 +36,7 @@ MASK_SOURCES = OPTIONS["mask_source"].choices
 DEFAULT_DEPTH_SCALE = OPTIONS["depth_scale"].default
 DEFAULT_BACKGROUND_TOLERANCE = OPTIONS["background_tolerance"].default
 _ALPHA_TRIVIAL = 1.0 - 0.5 / 255.0
+EXIF_ORIENTATION = 0x0112
 
 
 def _open(path: Path, kind: str, view: str | None, index: int | None):
@@ -254,13 +255,27 @@ def read_depth(path, *, depth_scale: float | None = None, view: str | None = Non
     return np.ascontiguousarray(depth)
 
 
+def read_orientation(path) -> int:
+    """The image file's EXIF orientation tag (1..8; 1 = stored upright), 1 when it has none or it is unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except (OSError, ValueError, SyntaxError):
+        return 1
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
 @dataclass
 class Pixels:
-    """One view's arrays as loaded: ``rgb`` (H, W, 3), ``mask`` (H, W) or None, ``depth`` (H, W) or None."""
+    """One view's arrays as loaded: ``rgb`` (H, W, 3), ``mask`` (H, W) or None, ``depth`` (H, W) or None, all in
+    the image file's stored pixel grid, and the file's EXIF ``orientation`` (1 = upright as stored)."""
 
     rgb: np.ndarray
     mask: np.ndarray | None
     depth: np.ndarray | None
+    orientation: int = 1
 
     @property
     def width(self) -> int:
@@ -281,10 +296,11 @@ def load_pixels(
     view: str | None = None,
     index: int | None = None,
 ) -> Pixels:
-    """Read a view's image, its mask (per ``options["mask_source"]``) and optional depth.
+    """Read a view's image, its mask (per ``options["mask_source"]``), optional depth and EXIF orientation.
 
-    ``depth_scale`` (for depth PNGs) falls back to ``options["depth_scale"]``, then 0.001. Sizes are not
-    compared here: :func:`backend.inputs.validate.validate_job` does that.
+    ``depth_scale`` (for depth PNGs) falls back to ``options["depth_scale"]``, then 0.001. Mask and depth files
+    are taken to share the image's stored pixel grid. Sizes are not compared here:
+    :func:`backend.inputs.validate.validate_job` does that.
     """
     rgb, alpha = read_image(image_path, view=view, index=index)
     mask = choose_mask(rgb, alpha, mask_path, options, view=view, index=index)
@@ -292,4 +308,4 @@ def load_pixels(
     if depth_path is not None:
         scale = depth_scale if depth_scale is not None else options.get("depth_scale")
         depth = read_depth(depth_path, depth_scale=scale, view=view, index=index)
-    return Pixels(rgb, mask, depth)
+    return Pixels(rgb, mask, depth, read_orientation(image_path))

@@ -24,7 +24,10 @@ Format (version 1). Paths are relative to the folder holding the job file (absol
 
 Per view:
 
-- ``image`` (required): RGB or RGBA image (PNG 8/16-bit, JPEG, ...).
+- ``image`` (required): RGB or RGBA image (PNG 8/16-bit, JPEG, ...). The camera describes its stored pixels;
+  a JPEG with an EXIF orientation tag is turned upright together with its camera (a 90° tag with ``width`` /
+  ``height`` of the upright image means the camera was made for the upright image), see
+  :mod:`backend.inputs.photo`.
 - ``name`` (optional): used in messages and outputs; default the image's file name without extension.
 - ``mask`` (optional): greyscale mask, > 0.5 = object. ``depth`` (optional): ``.npy`` (H, W) float32 camera-z
   depth in world units, or a 16-bit PNG whose integers are multiplied by ``depth_scale`` (optional, default
@@ -66,8 +69,9 @@ import numpy as np
 from ..cameras import Camera, intrinsics
 from ..errors import InputError
 from ..options import check_options
-from ..views import Bounds, Job, View
+from ..views import Bounds, Job
 from .images import load_pixels
+from .photo import make_view
 
 JOB_FILE_VERSION = 1
 PANORAMIC_TYPES = ("panoramic", "equirectangular", "spherical", "fisheye", "omnidirectional")
@@ -240,6 +244,7 @@ def load_job_file(path, options_override: dict | None = None) -> Job:
     if not isinstance(entries, list):
         raise InputError(f"{path} has no 'views' list", fix='add "views": [{"image": ..., ...}, ...].')
     default_type = data.get("camera_type", "perspective")
+    notes: list[str] = []
     views, images = [], []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or "image" not in entry:
@@ -261,7 +266,7 @@ def load_job_file(path, options_override: dict | None = None) -> Job:
         width = _size(entry, "width", pixels.width, name, index)
         height = _size(entry, "height", pixels.height, name, index)
         camera = _camera(entry, camera_type, width, height, name, index)
-        views.append(View(name, camera, pixels.rgb, pixels.mask, pixels.depth))
+        views.append(make_view(name, pixels, camera, index=index, notes=notes))
         images.append(image)
-    warnings = checked.warnings + repeated_images(images, [v.name for v in views])
+    warnings = checked.warnings + repeated_images(images, [v.name for v in views]) + notes
     return Job(views=views, bounds=bounds, options=options, source=str(path), warnings=warnings)

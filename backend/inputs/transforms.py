@@ -11,10 +11,12 @@ What is read (keys at the top level apply to every frame; the same keys inside a
   fy = 0.5·H / tan(angle_y/2) or fx, cx = W/2, cy = H/2. ``fl_*`` win over ``camera_angle_*``; a missing
   ``fl_y`` equals ``fl_x``; missing ``cx``/``cy`` mean the image centre; missing ``w``/``h`` mean the image's
   size. Principal points use the pixel-corner convention (centre = W/2), as these formats do.
-- ``camera_model``: ``PINHOLE``, ``SIMPLE_PINHOLE``, ``OPENCV``, ``SIMPLE_RADIAL``, ``RADIAL`` are read as
-  pinhole; non-zero distortion (``k1`` ``k2`` ``k3`` ``k4`` ``p1`` ``p2``) gives a warning (``Job.warnings``) and
-  is ignored (undistort the images for best results). ``OPENCV_FISHEYE``, ``FISHEYE``, ``EQUIRECTANGULAR`` and other
-  models raise :class:`InputError`.
+- ``camera_model``: ``PINHOLE``, ``SIMPLE_PINHOLE``, ``OPENCV``, ``SIMPLE_RADIAL``, ``RADIAL`` take the
+  radial-tangential coefficients ``k1`` ``k2`` ``k3`` ``p1`` ``p2`` (missing = 0; a non-zero ``k4`` is an error,
+  as nerfstudio's r⁸ term and OpenCV's rational k4 differ); ``OPENCV_FISHEYE`` (nerfstudio) or ``"is_fisheye":
+  true`` (instant-ngp) takes the fisheye ``k1``..``k4``. Lens distortion is removed while loading
+  (:mod:`backend.inputs.undistort`, which says which pinhole camera the view then gets). ``FISHEYE``,
+  ``EQUIRECTANGULAR`` and other models raise :class:`InputError`.
 - ``frames[i].mask_path`` (nerfstudio, optional): greyscale mask, > 0.5 = object.
 - ``frames[i].depth_file_path`` (optional): ``.npy`` in world units, or a 16-bit PNG scaled by
   ``depth_unit_scale_factor`` (top level, default 0.001).
@@ -22,6 +24,8 @@ What is read (keys at the top level apply to every frame; the same keys inside a
   unit cube; cameras are used in the file's world units), nerfstudio ``applied_transform``, ``rotation``.
 
 Views are named after ``file_path``'s stem; a view's index in messages is its frame's position in the file.
+Cameras describe the images' stored pixels; JPEGs with an EXIF orientation tag are turned upright with their
+camera (:mod:`backend.inputs.photo`).
 """
 
 from __future__ import annotations
@@ -33,13 +37,15 @@ import numpy as np
 
 from ..cameras import Camera, focal_from_fov, intrinsics, opengl_c2w_to_w2c
 from ..errors import InputError
-from ..views import Bounds, Job, View
+from ..views import Bounds, Job
 from .images import load_pixels
 from .job_file import parse_matrix, read_json, repeated_images, resolve
+from .photo import make_view
+from .undistort import Distortion
 
 PINHOLE_MODELS = ("PINHOLE", "SIMPLE_PINHOLE", "OPENCV", "SIMPLE_RADIAL", "RADIAL")
+FISHEYE_MODELS = ("OPENCV_FISHEYE",)
 PANORAMIC_MODELS = (
-    "OPENCV_FISHEYE",
     "FISHEYE",
     "EQUIRECTANGULAR",
     "SIMPLE_RADIAL_FISHEYE",
@@ -60,6 +66,7 @@ INTRINSIC_KEYS = (
     "w",
     "h",
     "camera_model",
+    "is_fisheye",
     *DISTORTION_KEYS,
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
@@ -107,7 +114,7 @@ def _number(params: dict, key: str, name: str, index: int) -> float:
 
 
 def check_model(params: dict, name: str, index: int) -> None:
-    """Raise :class:`InputError` for panoramic / fisheye / unknown ``camera_model`` values."""
+    """Raise :class:`InputError` for panoramic / unknown ``camera_model`` values."""
     model = str(params.get("camera_model", "PINHOLE")).upper()
     if model in PANORAMIC_MODELS:
         raise InputError(
@@ -116,13 +123,38 @@ def check_model(params: dict, name: str, index: int) -> None:
             index=index,
             fix="undistort or re-render the images as perspective (PINHOLE) views.",
         )
-    if model not in PINHOLE_MODELS:
+    if model not in PINHOLE_MODELS + FISHEYE_MODELS:
         raise InputError(
             f"unsupported camera_model {model!r}",
             view=name,
             index=index,
-            fix=f"use one of {', '.join(PINHOLE_MODELS)}.",
+            fix=f"use one of {', '.join(PINHOLE_MODELS + FISHEYE_MODELS)}.",
         )
+
+
+def lens_distortion(params: dict, name: str, index: int) -> Distortion | None:
+    """The frame's lens distortion (see the module docstring), or None when every coefficient is 0."""
+    values = {key: _number(params, key, name, index) if params.get(key) is not None else 0.0 for key in DISTORTION_KEYS}
+    fisheye = str(params.get("camera_model", "")).upper() in FISHEYE_MODELS or params.get("is_fisheye") is True
+    if fisheye:
+        if values["p1"] or values["p2"]:
+            raise InputError(
+                "a fisheye camera has no tangential terms, but p1/p2 are set",
+                view=name,
+                index=index,
+                fix="remove p1 and p2, or use camera_model OPENCV.",
+            )
+        return Distortion("fisheye", tuple(values[k] for k in ("k1", "k2", "k3", "k4")))
+    if values["k4"]:
+        raise InputError(
+            "k4 is set on a pinhole (radial-tangential) camera; nerfstudio reads it as an r⁸ term, OpenCV as a "
+            "rational one, so it is ambiguous",
+            view=name,
+            index=index,
+            fix="undistort the images with the tool that calibrated them, or remove k4 if it is 0 in effect.",
+        )
+    distortion = Distortion("opencv", (values["k1"], values["k2"], values["k3"]), (values["p1"], values["p2"]))
+    return None if distortion.is_identity else distortion
 
 
 def _camera(params: dict, c2w, width: int, height: int, name: str, index: int) -> Camera:
@@ -156,14 +188,15 @@ def _camera(params: dict, c2w, width: int, height: int, name: str, index: int) -
     return Camera(w2c, intrinsics(fx, fy, cx, cy), width, height)
 
 
-def _selected(frames: list, select: Iterable[int] | None) -> list[int]:
+def selected(frames: list, select: Iterable[int] | None) -> list[int]:
+    """Checked positions in ``frames`` for ``select`` (indices, negative ones from the end); None: all of them."""
     if select is None:
         return list(range(len(frames)))
     chosen = []
     for i in select:
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not -len(frames) <= i < len(frames):
             raise InputError(
-                f"frame index {i!r} is out of range (the file has {len(frames)} frames)",
+                f"view index {i!r} is out of range (there are {len(frames)} views to choose from)",
                 fix=f"select indices from 0 to {len(frames) - 1}.",
             )
         chosen.append(int(i) % len(frames))
@@ -192,9 +225,9 @@ def load_transforms(
         raise InputError(f"{path} has no 'frames'", fix='a transforms file lists its images under "frames".')
     top = {k: data[k] for k in INTRINSIC_KEYS if k in data}
     depth_scale = data.get("depth_unit_scale_factor")
-    distorted = []
+    notes: list[str] = []
     views, images = [], []
-    for index in _selected(frames, select):
+    for index in selected(frames, select):
         frame = frames[index]
         if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
             raise InputError(
@@ -213,14 +246,8 @@ def load_transforms(
         width = round(_number(params, "w", name, index)) if "w" in params else pixels.width
         height = round(_number(params, "h", name, index)) if "h" in params else pixels.height
         camera = _camera(params, frame["transform_matrix"], width, height, name, index)
-        if any(float(params.get(k, 0.0) or 0.0) != 0.0 for k in DISTORTION_KEYS):
-            distorted.append(name)
-        views.append(View(name, camera, pixels.rgb, pixels.mask, pixels.depth))
+        distortion = lens_distortion(params, name, index)
+        views.append(make_view(name, pixels, camera, distortion=distortion, index=index, notes=notes))
         images.append(image)
-    notes = repeated_images(images, [v.name for v in views])
-    if distorted:
-        notes.append(
-            f"{path.name}: {len(distorted)} view(s) have lens distortion coefficients (first: '{distorted[0]}'); "
-            "they are ignored, so undistort the images for best results."
-        )
+    notes[:0] = repeated_images(images, [v.name for v in views])
     return Job(views=views, bounds=bounds, options=options, source=str(path), warnings=notes)

@@ -102,8 +102,18 @@ def write_instant_ngp(folder: Path) -> Path:
         entries.append({"file_path": f"images/{name}.png", "transform_matrix": c2w.tolist()})
     w, h = image_size(frames[0][0])
     f = focal_pixels(angle, w)
-    data = {"fl_x": f, "fl_y": f, "cx": w / 2, "cy": h / 2, "w": w, "h": h, "aabb_scale": 4, "scale": 0.33,
-            "offset": [0.5, 0.5, 0.5], "frames": entries}
+    data = {
+        "fl_x": f,
+        "fl_y": f,
+        "cx": w / 2,
+        "cy": h / 2,
+        "w": w,
+        "h": h,
+        "aabb_scale": 4,
+        "scale": 0.33,
+        "offset": [0.5, 0.5, 0.5],
+        "frames": entries,
+    }
     (folder / "transforms.json").write_text(json.dumps(data))
     return folder / "transforms.json"
 
@@ -120,10 +130,28 @@ def write_nerfstudio(folder: Path) -> Path:
         save_mask(folder / mask, name)
         w, h = image_size(name)
         f = focal_pixels(angle, w)
-        entries.append({"file_path": image, "mask_path": mask, "transform_matrix": c2w.tolist(), "fl_x": f,
-                        "fl_y": f, "cx": w / 2, "cy": h / 2, "w": w, "h": h})
-    data = {"camera_model": "OPENCV", "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
-            "applied_transform": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], "frames": entries}
+        entries.append(
+            {
+                "file_path": image,
+                "mask_path": mask,
+                "transform_matrix": c2w.tolist(),
+                "fl_x": f,
+                "fl_y": f,
+                "cx": w / 2,
+                "cy": h / 2,
+                "w": w,
+                "h": h,
+            }
+        )
+    data = {
+        "camera_model": "OPENCV",
+        "k1": 0.0,
+        "k2": 0.0,
+        "p1": 0.0,
+        "p2": 0.0,
+        "applied_transform": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]],
+        "frames": entries,
+    }
     (folder / "transforms.json").write_text(json.dumps(data))
     return folder / "transforms.json"
 
@@ -138,9 +166,17 @@ def write_job_json(folder: Path) -> Path:
         save_mask(folder / f"{name}_mask.png", name)
         w, h = image_size(name)
         f = focal_pixels(angle, w)
-        views.append({"image": f"{name}.png", "mask": f"{name}_mask.png", "name": name,
-                      "world_to_camera": opencv_world_to_camera(c2w).tolist(),
-                      "K": [[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]], "width": w, "height": h})
+        views.append(
+            {
+                "image": f"{name}.png",
+                "mask": f"{name}_mask.png",
+                "name": name,
+                "world_to_camera": opencv_world_to_camera(c2w).tolist(),
+                "K": [[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]],
+                "width": w,
+                "height": h,
+            }
+        )
     (folder / "job.json").write_text(json.dumps({"version": 1, "views": views}))
     return folder / "job.json"
 
