@@ -169,8 +169,11 @@ def fused_distance(
     hooks = hooks or Hooks()
     device = field.planes.device
     axis = torch.linspace(-1, 1, resolution, device=device)
-    pts = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).view(-1, 3)
+    lattice = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).view(-1, 3)
     m = config.truncation
+    # Only points inside the region are fused; the rest are outside (+m) whatever the views say.
+    in_region = region.lookup(lattice) if region is not None else None
+    pts = lattice[in_region] if in_region is not None else lattice
     total = torch.zeros(pts.shape[0], device=device)
     weight = torch.zeros(pts.shape[0], device=device)
     if len(views) > config.max_fusion_views:
@@ -189,8 +192,8 @@ def fused_distance(
         total += w * sdf
         weight += w
     fused = torch.where(weight > 0, total / weight.clamp_min(1e-6), torch.full_like(total, -m))
-    if region is not None:
-        fused = torch.where(region.lookup(pts), fused, torch.full_like(fused, m))
+    if in_region is not None:
+        fused = torch.full((lattice.shape[0],), m, device=device).masked_scatter(in_region, fused)
     return fused.view(resolution, resolution, resolution)
 
 

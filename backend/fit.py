@@ -57,7 +57,7 @@ class FitConfig:
     """Weight of the total-variation smoothness loss on the triplane."""
     depth_weight: float = 0.1
     """Weight of the L1 loss between rendered and given depth, where a view has depth (0 disables it)."""
-    distortion_weight: float = 0.1
+    distortion_weight: float = 0.02
     """Weight of the distortion loss, which makes surfaces sharp (rays stop within a short interval)."""
     random_background: bool = True
     """Composite targets on a random colour per ray, so opacity is learnt from colour too."""
