@@ -12,7 +12,8 @@ What it does, step by step:
 2. picks CUDA when ``nvidia-smi`` lists a GPU, else CPU (``--cpu`` / ``--cuda`` force a choice);
 3. installs torch unless an installed build already satisfies the request;
 4. with ``--dev`` on Python 3.11, installs ``bpy`` (Blender as a Python module, for the tests marked ``blender``);
-5. installs this project in editable mode (``pip install -e .``, with ``--dev`` also pytest and ruff);
+5. installs this project in editable mode (``pip install -e .``, with ``--dev`` also pytest, ruff and
+   opencv-python-headless, the tests' lens-distortion reference);
 6. on CUDA machines installs nvdiffrast (optional, non-commercial licence) unless ``--no-nvdiffrast``;
 7. writes the environment's interpreter path to ``<venv>/backend-python.txt`` for the Blender add-on;
 8. with ``--blender`` / ``--blender-zip``, builds the add-on (``blender_addon/``, a Blender 4.2+ extension) into a
@@ -302,7 +303,7 @@ def stamp_value(options: dict) -> str:
 
 def install_backend(python: Path, venv: Path, dev: bool, bpy_spec: str | None, state: dict) -> None:
     """The editable install; skipped when the stamp (pyproject.toml + options + the bpy decision) is unchanged."""
-    step("Backend package (editable install of this folder)" + (" with the dev extra (pytest, ruff)" if dev else ""))
+    step("Backend package (editable install of this folder)" + (" with the dev extra" if dev else ""))
     stamp = venv / STAMP_NAME
     options = {"root": str(ROOT), "python": state["python"]}
     value = stamp_value({**options, "dev": dev, "bpy": bpy_spec})
@@ -606,7 +607,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dev",
         action="store_true",
-        help=f"also install the test tools (pytest, ruff) and, on Python 3.11, {BPY_SPEC} for the tests marked blender",
+        help=f"also install the test tools (pytest, ruff, opencv) and, on Python 3.11, {BPY_SPEC} for the "
+        "tests marked blender",
     )
     parser.add_argument("--no-bpy", action="store_true", help="with --dev, do not install bpy")
     device = parser.add_mutually_exclusive_group()

@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     rec = sub.add_parser("reconstruct", help="posed images → textured mesh")
-    rec.add_argument("input", help="job.json, a transforms*.json, or a folder holding one (or cam_XXX.txt files)")
+    rec.add_argument(
+        "input",
+        help="job.json, a transforms*.json, a COLMAP model, an LLFF poses_bounds.npy, or a folder holding one "
+        "(or cam_XXX.txt files)",
+    )
     rec.add_argument(
         "--output", "-o", required=True, help="output folder (mesh.npz, mesh.glb, metrics.json; created when writing)"
     )
