@@ -42,7 +42,7 @@ import numpy as np
 from ..cameras import Camera, intrinsics
 from ..errors import InputError
 from ..views import Bounds, Job
-from .images import load_pixels
+from .images import find_with_suffix, load_pixels
 from .photo import make_view
 from .transforms import selected
 from .undistort import Distortion
@@ -72,7 +72,6 @@ OTHER_MODELS = (
     "EQUIRECTANGULAR",
 )
 """COLMAP's other models, by id from 7 on (named in the error)."""
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _UNDISTORT_FIX = (
     "run COLMAP's image_undistorter (it writes PINHOLE cameras and undistorted photos) and load its output folder."
 )
@@ -258,10 +257,8 @@ def find_mask(masks: Path, name: str) -> Path | None:
     image suffix."""
     if not masks.is_dir():
         return None
-    candidates = [masks / f"{name}.png"]
-    stem = Path(name).with_suffix("")
-    candidates += [masks / f"{stem}{suffix}" for suffix in IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES)]
-    return next((c for c in candidates if c.is_file()), None)
+    colmap_name = masks / f"{name}.png"
+    return colmap_name if colmap_name.is_file() else find_with_suffix(masks / Path(name).with_suffix(""))
 
 
 def load_colmap(

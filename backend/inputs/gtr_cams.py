@@ -31,10 +31,8 @@ import numpy as np
 from ..cameras import Camera, intrinsics
 from ..errors import InputError
 from ..views import Bounds, Job
-from .images import load_pixels
+from .images import find_with_suffix, load_pixels
 from .photo import make_view
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
 
 def _numbers(line: str) -> list[float] | None:
@@ -91,10 +89,7 @@ def find_cam_files(folder) -> list[tuple[str, Path]]:
 
 
 def _sibling(folder: Path, stem: str) -> Path:
-    for suffix in IMAGE_SUFFIXES:
-        if (folder / (stem + suffix)).is_file():
-            return folder / (stem + suffix)
-    return folder / (stem + ".png")
+    return find_with_suffix(folder / stem) or folder / (stem + ".png")
 
 
 def load_gtr_folder(folder, *, options: dict | None = None, bounds: Bounds | None = None) -> Job:

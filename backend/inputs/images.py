@@ -37,6 +37,13 @@ DEFAULT_DEPTH_SCALE = OPTIONS["depth_scale"].default
 DEFAULT_BACKGROUND_TOLERANCE = OPTIONS["background_tolerance"].default
 _ALPHA_TRIVIAL = 1.0 - 0.5 / 255.0
 EXIF_ORIENTATION = 0x0112
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
+"""Suffixes tried, in this order, where a format names an image without its extension."""
+
+
+def find_with_suffix(stem: Path) -> Path | None:
+    """``stem`` (a path without extension) plus the first of :data:`IMAGE_SUFFIXES` that is a file, or None."""
+    return next((c for c in (stem.parent / (stem.name + s) for s in IMAGE_SUFFIXES) if c.is_file()), None)
 
 
 def _open(path: Path, kind: str, view: str | None, index: int | None):

@@ -31,12 +31,11 @@ import numpy as np
 from ..cameras import Camera, intrinsics
 from ..errors import InputError
 from ..views import Bounds, Job
-from .images import load_pixels
+from .images import IMAGE_SUFFIXES, find_with_suffix, load_pixels
 from .photo import make_view
 from .transforms import selected
 
 POSES_FILE = "poses_bounds.npy"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 def find_image_dir(root: Path) -> Path | None:
@@ -134,12 +133,8 @@ def load_llff(
     for index in selected(photos, select):
         photo = photos[index]
         name = photo.stem
-        mask = next((masks / f"{name}{s}" for s in _mask_suffixes() if (masks / f"{name}{s}").is_file()), None)
+        mask = find_with_suffix(masks / name)
         pixels = load_pixels(photo, options, mask_path=mask, view=name, index=index)
         camera = llff_camera(rows[index], name, index)
         views.append(make_view(name, pixels, camera, rescale=True, index=index, notes=notes))
     return Job(views=views, bounds=bounds, options=options, source=str(poses_file), warnings=notes)
-
-
-def _mask_suffixes() -> tuple[str, ...]:
-    return IMAGE_SUFFIXES + tuple(s.upper() for s in IMAGE_SUFFIXES)

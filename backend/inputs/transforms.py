@@ -38,7 +38,7 @@ import numpy as np
 from ..cameras import Camera, focal_from_fov, intrinsics, opengl_c2w_to_w2c
 from ..errors import InputError
 from ..views import Bounds, Job
-from .images import load_pixels
+from .images import find_with_suffix, load_pixels
 from .job_file import parse_matrix, read_json, repeated_images, resolve
 from .photo import make_view
 from .undistort import Distortion
@@ -69,7 +69,6 @@ INTRINSIC_KEYS = (
     "is_fisheye",
     *DISTORTION_KEYS,
 )
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")
 
 
 def find_transforms_file(path, split: str | None = None) -> Path:
@@ -97,11 +96,7 @@ def find_image(base: Path, file_path, view: str | None, index: int) -> Path:
     path = resolve(base, file_path, "file_path", view, index)
     if path.is_file():
         return path
-    for suffix in IMAGE_SUFFIXES:
-        candidate = path.with_name(path.name + suffix)
-        if candidate.is_file():
-            return candidate
-    return path  # reading it raises the "not found" InputError
+    return find_with_suffix(path) or path  # reading a missing one raises the "not found" InputError
 
 
 def _number(params: dict, key: str, name: str, index: int) -> float:
