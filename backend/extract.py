@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .cameras import ray_bundle
 from .field import TriplaneField, density_grid
+from .heap import release_free_memory
 from .hull import pixel_lookup
 from .marching_cubes import marching_cubes
 from .mesh import Mesh
@@ -191,6 +192,8 @@ def fused_distance(
         w = (inside & (sdf > -m)).float()
         total += w * sdf
         weight += w
+        del index, inside, z, stop, t_point, sdf, w, t_stop
+        release_free_memory()  # each depth map leaves the heap fragmented (see backend.heap)
     fused = torch.where(weight > 0, total / weight.clamp_min(1e-6), torch.full_like(total, -m))
     if in_region is not None:
         fused = torch.full((lattice.shape[0],), m, device=device).masked_scatter(in_region, fused)

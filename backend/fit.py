@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .cameras import rays_through_pixels
 from .field import FieldConfig, TriplaneField
+from .heap import release_free_memory
 from .hull import carve, lattice
 from .progress import Hooks
 from .views import View
@@ -309,6 +310,7 @@ def _fit(views, config: FitConfig, device, hooks: Hooks, field, hull) -> FitResu
         psnrs.append(float(-10 * torch.log10(mse.detach().clamp_min(1e-10))))
         if step % config.occupancy_every == 0:
             occupancy = update_occupancy(field, hull, config)
+            release_free_memory()  # steps leave the heap fragmented (see backend.heap)
         if step % 10 == 0 or step == config.steps:
             recent = float(np.mean(psnrs[-50:]))
             hooks.report("fit", step, config.steps, f"psnr {recent:.2f}")

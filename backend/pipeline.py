@@ -28,6 +28,7 @@ from .fit import FitConfig, fit, hull_grid
 from .frame import CanonicalFrame
 from .gtr.checkpoint import Weights, read_checkpoint
 from .gtr.run import GTRSettings, reconstruct_gtr
+from .heap import release_free_memory
 from .mesh import Mesh
 from .mesh_render import composite, render_mesh
 from .metrics import psnr
@@ -259,7 +260,11 @@ def _reconstruct_gtr(
 def _reconstruct_fit(job: Job, config: PipelineConfig, device, hooks) -> Reconstruction:
     hooks = hooks or Hooks()
     timer = StageTimer()
-    lap = timer.lap
+
+    def lap(stage: str) -> None:
+        timer.lap(stage)
+        release_free_memory()  # what the stage freed goes back to the system (see backend.heap)
+
     views = [downscale(v, config.max_image_size) for v in job.views]
     canonical, frame, _ = normalise(views, job.bounds, config.normalise, device, hooks)
     lap("normalise")
