@@ -12,8 +12,7 @@ What it does, step by step:
 2. picks CUDA when ``nvidia-smi`` lists a GPU, else CPU (``--cpu`` / ``--cuda`` force a choice);
 3. installs torch unless an installed build already satisfies the request;
 4. with ``--dev`` on Python 3.11, installs ``bpy`` (Blender as a Python module, for the tests marked ``blender``);
-5. installs this project in editable mode (``pip install -e .``, with ``--dev`` also pytest, ruff and
-   opencv-python-headless, the tests' lens-distortion reference);
+5. installs this project in editable mode (``pip install -e .``, with ``--dev`` also pytest and ruff);
 6. on CUDA machines installs nvdiffrast (optional, non-commercial licence) unless ``--no-nvdiffrast``;
 7. writes the environment's interpreter path to ``<venv>/backend-python.txt`` for the Blender add-on;
 8. with ``--blender`` / ``--blender-zip``, builds the add-on (``blender_addon/``, a Blender 4.2+ extension) into a
@@ -607,7 +606,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dev",
         action="store_true",
-        help=f"also install the test tools (pytest, ruff, opencv) and, on Python 3.11, {BPY_SPEC} for the "
+        help=f"also install the test tools (pytest, ruff) and, on Python 3.11, {BPY_SPEC} for the "
         "tests marked blender",
     )
     parser.add_argument("--no-bpy", action="store_true", help="with --dev, do not install bpy")

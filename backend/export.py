@@ -134,7 +134,7 @@ def png_bytes(image: Any) -> bytes:
 
 
 def save_png(path: Path, image: Any) -> None:
-    """Save a float32 (H, W, 3|4) image in [0, 1] as an 8-bit PNG, atomically."""
+    """Save a float32 (H, W), (H, W, 3) or (H, W, 4) image in [0, 1] as an 8-bit PNG, atomically."""
     write_bytes_atomic(Path(path), png_bytes(image))
 
 

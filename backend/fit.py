@@ -213,6 +213,14 @@ def hull_grid(views: list[View], resolution: int, device, hooks: Hooks | None = 
     return OccupancyGrid(keep.view(resolution, resolution, resolution))
 
 
+def clip_to_box(hull: OccupancyGrid, lo: np.ndarray, hi: np.ndarray) -> OccupancyGrid:
+    """The hull without the cells whose centres lie outside the axis-aligned box ``lo``–``hi`` (canonical)."""
+    centres = hull.cell_centres()
+    lo_t, hi_t = (torch.as_tensor(x, dtype=centres.dtype, device=centres.device) for x in (lo, hi))
+    inside = ((centres >= lo_t) & (centres <= hi_t)).all(dim=-1)
+    return OccupancyGrid(hull.occupied & inside)
+
+
 def density_prior(hull: OccupancyGrid, config: FitConfig) -> torch.Tensor:
     inside = F.avg_pool3d(hull.dilated(1).occupied[None, None].float(), 3, stride=1, padding=1)[0, 0]
     return config.prior_outside + (config.prior_inside - config.prior_outside) * inside

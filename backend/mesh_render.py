@@ -42,3 +42,11 @@ def composite(rgb, mask, background=(1.0, 1.0, 1.0)) -> torch.Tensor:
         return rgb
     a = torch.as_tensor(mask, dtype=torch.float32)[..., None]
     return rgb * a + torch.as_tensor(background, dtype=torch.float32) * (1 - a)
+
+
+def coverage(mesh: Mesh, camera: Camera, supersample: int = 2) -> torch.Tensor:
+    """(H, W) float32 fraction of each pixel the mesh covers (``supersample``² point samples per pixel)."""
+    big = camera.scaled(camera.width * supersample, camera.height * supersample)
+    with torch.no_grad():
+        hit = rasterize(mesh.vertices, mesh.faces, big).mask.float()
+    return F.avg_pool2d(hit[None, None], supersample)[0, 0].cpu()

@@ -30,6 +30,9 @@ class NormaliseConfig:
     """Extra room around the object, as a fraction of its half-size, inside [-1, 1]³."""
     hull_resolution: int = 96
     """Cells per side of the grid used to estimate bounds from the masks."""
+    estimated_size: float = 0.75
+    """Views without masks and a job without bounds: the estimated bounds' half-size as a fraction of the radius
+    the median camera sees around the point the cameras look at."""
 
 
 def look_at_point(views: list[View]) -> np.ndarray:
@@ -85,6 +88,17 @@ def bounds_from_masks(views: list[View], config: NormaliseConfig, device, hooks:
     bounds = Bounds(centre=(new_lo + new_hi) / 2, size=new_hi - new_lo)
     for index, view in enumerate(views):  # a camera looking away from the object carves nothing: catch it here
         check_sees_bounds(view, index, bounds, "the object (the masks' visual hull)", LOOKS_AWAY_FIX)
+    return bounds
+
+
+def bounds_from_cameras(views: list[View], config: NormaliseConfig) -> Bounds:
+    """A cube around the point the cameras look at, sized from what the median camera sees there (for views
+    without masks in a job without bounds). Raises :class:`InputError` naming a view that does not see it."""
+    centre = look_at_point(views)
+    half = config.estimated_size * _loose_half_size(views, centre)
+    bounds = Bounds(centre=centre, size=np.full(3, 2 * half))
+    for index, view in enumerate(views):
+        check_sees_bounds(view, index, bounds, "the point the cameras look at", LOOKS_AWAY_FIX)
     return bounds
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,10 @@ import torch
 
 from .bake import BakeConfig, bake
 from .errors import InputError
-from .export import ExportConfig, export_mesh, write_json_atomic
+from .export import ExportConfig, export_mesh, save_png, write_json_atomic
 from .extract import ExtractConfig, extract
 from .field import FieldConfig, TriplaneField
-from .fit import FitConfig, fit, hull_grid
+from .fit import FitConfig, clip_to_box, fit, hull_grid
 from .frame import CanonicalFrame
 from .gtr.checkpoint import Weights, read_checkpoint
 from .gtr.run import GTRSettings, reconstruct_gtr
@@ -32,13 +33,14 @@ from .heap import release_free_memory
 from .mesh import Mesh
 from .mesh_render import composite, render_mesh
 from .metrics import psnr
-from .normalise import NormaliseConfig, normalise
+from .normalise import NormaliseConfig, bounds_from_cameras, normalise
 from .options import CONFIG_KEYS, OPTIONS
 from .options import apply as apply_options
 from .preview import coloured, hull_mesh, send_preview
 from .progress import Hooks, StageTimer, cut_short_warning
 from .refine import GTRRefineConfig, RefineConfig, refine_texture, texture_copy
 from .reshape import GeometryConfig, refine_geometry
+from .segment import DerivedMasks, SegmentConfig, derive_masks
 from .threads import use_threads
 from .views import Job, View, downscale
 from .volume import OccupancyGrid
@@ -50,6 +52,8 @@ class PipelineConfig:
     """Images whose longer side is larger are downscaled (cameras adjusted) before fitting."""
     normalise: NormaliseConfig = field(default_factory=NormaliseConfig)
     """World ↔ canonical frame: margin, hull resolution for bounds from masks."""
+    segment: SegmentConfig = field(default_factory=SegmentConfig)
+    """Masks derived from the photos when the views have none (both methods)."""
     fit: FitConfig = field(default_factory=FitConfig)
     """The ``fit`` method's field optimisation."""
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -66,6 +70,8 @@ class PipelineConfig:
     """Settings of the ``gtr`` method (its own mesh grid and refinement; shares ``bake`` and ``export``)."""
 
 
+MASKS_FOLDER = "masks"
+"""Subfolder of the output folder that holds the masks derived for a job without masks."""
 METHODS = OPTIONS["method"].choices
 CHECKPOINT_ENV = "GTR_CHECKPOINT"
 
@@ -197,6 +203,9 @@ class Reconstruction:
     metrics: dict
     warnings: list[str] = field(default_factory=list)
     """Things the user should know (e.g. cameras unlike the GTR training rig)."""
+    derived_masks: dict[str, np.ndarray] | None = None
+    """For a job without masks: the masks derived for it (view name → (H, W) float32 at the photo's size), written
+    as ``masks/NAME.png`` so the user can inspect them and run the job again with them."""
 
 
 def training_psnr(mesh: Mesh, views: list[View], hooks: Hooks | None = None) -> float:
@@ -236,13 +245,44 @@ def reconstruct(
     threads are set for the run (option ``threads``, else the CPUs this process may use)."""
     method, checkpoint = choose_method(job.options)
     threads = use_threads(job.options.get("threads"))
+    segmented = None
+    if any(v.mask is None for v in job.views):
+        job, segmented = with_derived_masks(job, config, device, hooks or Hooks())
     if method == "gtr":
         result = _reconstruct_gtr(job, checkpoint, config, device, hooks, load_weights)
     else:
         result = _reconstruct_fit(job, config, device, hooks)
     result.warnings[:0] = [w for w in job.warnings if w not in result.warnings]  # the loader's come first
     result.metrics["threads"] = threads
+    if segmented is not None:
+        result.derived_masks = {v.name: v.mask for v in segmented.views}
+        result.metrics["object_fill"] = round(segmented.fill, 4)
+        result.timings = {"segment": segmented.seconds, **result.timings}
+        result.timings["total"] = round(result.timings["total"] + segmented.seconds, 3)
+        if "seconds" in result.metrics:
+            result.metrics["seconds"] = result.timings["total"]
     return result
+
+
+def with_derived_masks(job: Job, config: PipelineConfig, device, hooks: Hooks) -> tuple[Job, DerivedMasks]:
+    """The job with a mask on every view, derived from the photos inside the bounds (:mod:`backend.segment`);
+    bounds are estimated from the cameras when the job has none. The job's warnings say what was done."""
+    start = time.perf_counter()
+    warnings = list(job.warnings)
+    bounds = job.bounds
+    if bounds is None:
+        bounds = bounds_from_cameras(job.views, config.normalise)
+        warnings.append(
+            "the views have no masks and the job no bounds: the object was assumed to lie in a box of size "
+            f"{bounds.size[0]:.3g} around {np.round(bounds.centre, 3).tolist()}, where the cameras look. Give "
+            "'bounds' (or a bounds object in Blender) if the mesh misses part of the object or holds background."
+        )
+    hooks.report("segment", 0, 1, "masks from the photos")
+    segmented = derive_masks(job.views, bounds, config.segment, hooks, device)
+    segmented.seconds = round(time.perf_counter() - start, 3)
+    warnings += segmented.warnings
+    warnings.append(f"the views had no masks: masks were derived from the photos (written to {MASKS_FOLDER}/).")
+    return replace(job, views=segmented.views, bounds=segmented.bounds, warnings=warnings), segmented
 
 
 def _reconstruct_gtr(
@@ -269,6 +309,9 @@ def _reconstruct_fit(job: Job, config: PipelineConfig, device, hooks) -> Reconst
     canonical, frame, _ = normalise(views, job.bounds, config.normalise, device, hooks)
     lap("normalise")
     hull = hull_grid(canonical, config.fit.hull_resolution, device, hooks)
+    if job.bounds is not None:  # the object lies inside the bounds (below it, a hull seen only from above goes on)
+        corners = frame.to_canonical_points(job.bounds.corners())
+        hull = clip_to_box(hull, corners.min(0), corners.max(0))
     if all(v.mask is not None for v in canonical):  # without masks the "hull" is the whole box
         send_preview(hooks, lambda: hull_mesh(hull), frame, "visual hull")
     fitted = fit(canonical, config.fit, device, hooks, hull=hull)
@@ -339,6 +382,15 @@ def write_outputs(
         out_dir.mkdir(parents=True, exist_ok=True)
         files = export_mesh(result.mesh, out_dir, config.export)
         written += files.values()
+        if result.derived_masks:
+            folder = out_dir / MASKS_FOLDER
+            if not folder.exists():
+                folder.mkdir()
+                written.append(folder)
+            for name, mask in result.derived_masks.items():
+                written.append(folder / f"{name}.png")
+                save_png(written[-1], mask)
+            files["masks"] = folder
         metrics = dict(
             result.metrics,
             warnings=result.warnings,
@@ -349,9 +401,14 @@ def write_outputs(
             metrics.update(extra)
         write_json_atomic(out_dir / "metrics.json", metrics)
     except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
+        for path in reversed(written):
+            if path.is_dir():
+                if not any(path.iterdir()):
+                    path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()
         raise
     return metrics
+

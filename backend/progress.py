@@ -28,6 +28,7 @@ PreviewFn = Callable[["Mesh", str], None]
 STAGES: dict[str, str] = {
     "scene": "the demo renders its procedural object",
     "checkpoint": "reading the GTR weights",
+    "segment": "views without masks: segmentation per view, then the derived masks per view",
     "normalise": "the gtr method's canonical frame (its visual hull reports as hull)",
     "hull": "visual-hull carving, per view",
     "fit": "the field fit (and the gtr method's polish), every 10 steps",

@@ -10,8 +10,9 @@ cameras by the importers. :func:`validate_job` checks what only the whole job sh
 - per view with a mask: some pixel of the mask is object (an empty mask would carve the object away);
 - when bounds are known: finite and positive, and every camera sees them (the box centre in front of the
   camera, and the box's 9 projected points (corners + centre) not all off one side of the image); without
-  bounds the same check runs on the bounds taken from the masks (:func:`backend.normalise.bounds_from_masks`);
-- without bounds, every view has a mask (the pipeline derives the bounds from the masks).
+  bounds the same check runs on the bounds the pipeline takes from the masks
+  (:func:`backend.normalise.bounds_from_masks`) or, for views without masks, from where the cameras look
+  (:func:`backend.normalise.bounds_from_cameras`).
 """
 
 from __future__ import annotations
@@ -175,16 +176,6 @@ def validate_job(job: Job) -> Job:
             check_sees_bounds(view, index, bounds)
     for index, view in enumerate(job.views):  # content after structure: sizes and cameras are checked first
         _check_mask(view, index)
-    if bounds is None:
-        for index, view in enumerate(job.views):
-            if view.mask is None:
-                raise InputError(
-                    "no mask for this view and no bounds for the job",
-                    view=view.name,
-                    index=index,
-                    fix="give RGBA images or mask files, set options mask_source='color_key' with a 'background' "
-                    "colour, or give 'bounds' (centre + size).",
-                )
     return job
 
 

@@ -1,0 +1,231 @@
+"""Masks for photographs that have none: a colour segmentation per view, seeded by the bounds, made consistent
+across views by carving.
+
+Each view is segmented with OpenCV's GrabCut (a colour model of object and background, refined by a graph cut):
+pixels outside the projected bounds box are background for certain, pixels inside it are probably object. One
+view alone often keeps pieces of background that happen to project inside the box (the table behind the object,
+clutter), but such a piece sits at a different place behind the object in each view, so carving a visual hull
+from all the segmentations removes it, while the object, which every view keeps, survives. The hull is then
+projected into every view: those are the derived masks, consistent by construction, and the rest of the
+pipeline runs as if the user had given them.
+
+Measured on ``ethiopian_head`` (57 photos, bounds 1.3× the object's box): a single view's segmentation has
+silhouette IoU 0.40–0.53 against the true masks (the projected box covers most of the photo), the hull carved from
+all of them 0.90–0.97 on the nine held-out views; letting one or two views disagree before carving (a vote
+instead of an intersection) lowered it to 0.94 / 0.89, because the support and table then survive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from .errors import InputError
+from .extract import gaussian_blur3d
+from .hull import carve, lattice
+from .marching_cubes import marching_cubes
+from .mesh import Mesh
+from .mesh_render import coverage
+from .progress import Hooks
+from .views import Bounds, View
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    working_size: int = 256
+    """Longest image side GrabCut runs at (it takes ~0.5 s per view at 256 px on one core)."""
+    iterations: int = 5
+    """GrabCut iterations per view."""
+    close_px: int = 4
+    """Radius (pixels at ``working_size``) of the morphological closing of each view's foreground; enclosed holes
+    are filled too. A highlight GrabCut calls background would otherwise carve a tunnel through the object."""
+    hull_resolution: int = 160
+    """Cells per side of the grid over the bounds box that the segmentations carve."""
+    support_cells: float = 2.0
+    """Thickness (cells) of the top of a support the bounds cut (a table, a stand) that is removed with it."""
+    fills_bounds: float = 0.6
+    """Warn that object and background were not separated when the carved hull fills more than this fraction of
+    the bounds box (a hull that is the box itself means every view kept everything inside it)."""
+
+
+@dataclass
+class DerivedMasks:
+    views: list[View]
+    """The input views with their derived masks (float32 0..1 coverage of the carved hull)."""
+    fill: float
+    """Fraction of the bounds box the carved hull occupies."""
+    bounds: Bounds
+    """The box of the carved hull (one cell of margin), inside the bounds it was carved in: the object's bounds
+    for the rest of the pipeline (a hull carved from views that all look from above would reach down to the
+    edge of any larger box)."""
+    warnings: list[str]
+    seconds: float = 0.0
+    """Wall time of deriving them (with estimating the bounds), set by the caller."""
+
+
+def projected_box(view: View, bounds: Bounds, width: int, height: int) -> np.ndarray | None:
+    """(height, width) uint8 mask of the bounds box's projection into ``view`` at that image size (1 inside),
+    or None when part of the box lies behind the camera (its projection is then unbounded)."""
+    import cv2
+
+    cam = view.camera.scaled(width, height)
+    p = bounds.corners() @ cam.world_to_camera[:3, :3].T + cam.world_to_camera[:3, 3]
+    if cam.orthographic:
+        uv = p[:, :2] @ cam.K[:2, :2].T + cam.K[:2, 2]
+    else:
+        if np.any(p[:, 2] <= 1e-6):
+            return None
+        uv = p[:, :2] / p[:, 2:3] @ cam.K[:2, :2].T + cam.K[:2, 2]
+    region = np.zeros((height, width), np.uint8)
+    polygon = cv2.convexHull(np.round(uv).clip(-(2**20), 2**20).astype(np.int32))
+    cv2.fillConvexPoly(region, polygon, 1)
+    return region
+
+
+def grabcut(view: View, bounds: Bounds, config: SegmentConfig) -> np.ndarray:
+    """(H, W) bool foreground of one view at its own size: GrabCut at ``config.working_size``, seeded with the
+    projected bounds box as "probably object" and the rest of the image as background. A view whose box covers
+    the whole image (or reaches behind the camera) gives no information: all True, so it carves nothing."""
+    import cv2
+
+    H, W = view.rgb.shape[:2]
+    scale = min(1.0, config.working_size / max(H, W))
+    w, h = max(1, round(W * scale)), max(1, round(H * scale))
+    region = projected_box(view, bounds, w, h)
+    everything = np.ones((H, W), dtype=bool)
+    if region is None or region.all() or not region.any():
+        return everything
+    rgb = np.clip(np.asarray(view.rgb, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    image = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA) if (w, h) != (W, H) else rgb
+    labels = np.where(region > 0, cv2.GC_PR_FGD, cv2.GC_BGD).astype(np.uint8)
+    background_model, object_model = np.zeros((1, 65)), np.zeros((1, 65))
+    try:
+        cv2.grabCut(np.ascontiguousarray(image[..., ::-1]), labels, None, background_model, object_model,
+                    config.iterations, cv2.GC_INIT_WITH_MASK)  # fmt: skip
+    except cv2.error:  # e.g. too few pixels of one kind to fit a colour model
+        return everything
+    foreground = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+    if config.close_px > 0:
+        size = 2 * config.close_px + 1
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+        foreground = cv2.morphologyEx(foreground.astype(np.uint8), cv2.MORPH_CLOSE, kernel) > 0
+    foreground = ndimage.binary_fill_holes(foreground).astype(np.uint8)
+    return cv2.resize(foreground, (W, H), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def support_plane(occupied: np.ndarray, cameras_grid: np.ndarray, rng: np.random.Generator,
+                  thickness: float = 4.0) -> tuple[np.ndarray, float] | None:
+    """The top plane (unit normal towards the cameras, offset; grid-index units) of the occupied cells on the grid's
+    faces, when most of them lie in one slab at most ``thickness`` cells thick: a table or stand that the bounds
+    cut. None otherwise. The slab is found around the plane through the most face cells (within half a cell; the
+    faces' own planes excepted) and its orientation refitted by least squares."""
+    res = occupied.shape[0]
+    border = np.zeros_like(occupied)
+    border[[0, -1]] = border[:, [0, -1]] = border[:, :, [0, -1]] = True
+    contact = np.argwhere(occupied & border).astype(np.float64)
+    if len(contact) < 3 * res:  # a few cells: the object touches the bounds, nothing is cut
+        return None
+    best, best_count = None, 0
+    for _ in range(200):
+        a, b, c = contact[rng.choice(len(contact), 3, replace=False)]
+        if np.any(((a == b) & (b == c)) & ((a == 0) | (a == res - 1))):
+            continue  # all three on one face of the grid: that face's plane, not a support
+        normal = np.cross(b - a, c - a)
+        if np.linalg.norm(normal) < 1e-6:
+            continue
+        normal /= np.linalg.norm(normal)
+        count = int((np.abs((contact - a) @ normal) < 0.5).sum())
+        if count > best_count:
+            best, best_count = (normal, float(normal @ a)), count
+    if best is None:
+        return None
+    normal, offset = best
+    in_slab = np.abs(contact @ normal - offset) <= thickness
+    if in_slab.sum() < 0.7 * len(contact):
+        return None
+    slab = contact[in_slab]  # the slab's mid-plane by least squares (the sampled plane may lean across it)
+    centre = slab.mean(0)
+    normal = np.linalg.svd(slab - centre, full_matrices=False)[2][-1]
+    if np.median(cameras_grid @ normal - normal @ centre) < 0:
+        normal = -normal
+    return normal, float((slab @ normal).max())  # the support's top
+
+
+def isolate_object(occupied: np.ndarray, cameras_grid: np.ndarray, config: SegmentConfig) -> np.ndarray:
+    """The occupied cells that belong to the object: without a support the bounds cut (everything on the far side
+    of its plane from the cameras and its top ``config.support_cells`` thick), keeping the largest connected part."""
+    keep = occupied.copy()
+    plane = support_plane(occupied, cameras_grid, np.random.default_rng(0))
+    if plane is not None:
+        normal, offset = plane
+        index = np.indices(occupied.shape).reshape(3, -1).T.astype(np.float64)
+        above = (index @ normal - offset > config.support_cells).reshape(occupied.shape)
+        keep &= above
+    labels, count = ndimage.label(keep)
+    if count > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        keep = labels == 1 + int(np.argmax(sizes))
+    return keep
+
+
+def hull_surface(occupied: torch.Tensor, bounds: Bounds) -> Mesh:
+    """Mesh (world frame) of an occupancy grid whose cells split the bounds box, closed at the box's faces."""
+    res = occupied.shape[0]
+    values = gaussian_blur3d(F.pad(occupied.float(), (1, 1) * 3), 0.7)
+    cell = bounds.size / res
+    first = bounds.minimum - 0.5 * cell  # padded cell j has its centre at minimum + (j − ½) · cell
+    last = first + (res + 1) * cell
+    vertices, faces = marching_cubes(values, 0.5, first.tolist(), last.tolist())
+    return Mesh(vertices.float(), faces)
+
+
+def derive_masks(views: list[View], bounds: Bounds, config: SegmentConfig, hooks: Hooks | None = None,
+                 device="cpu") -> DerivedMasks:  # fmt: skip
+    """Masks for ``views`` (world frame, any size) from GrabCut seeded by ``bounds``, carved into a hull in the
+    bounds box and projected back. Reports each view as stage ``segment``."""
+    try:
+        import cv2  # noqa: F401
+    except ImportError:
+        raise InputError(
+            "deriving masks for photographs without masks needs OpenCV, which is not installed.",
+            fix="run install.py again (it installs opencv-python-headless), or give masks.",
+        ) from None
+    hooks = hooks or Hooks()
+    segments = []
+    for n, view in enumerate(views):
+        hooks.report("segment", n, len(views), f"segmenting view {n + 1}/{len(views)}")
+        segments.append(grabcut(view, bounds, config).astype(np.float32))
+    res = config.hull_resolution
+    points = lattice(bounds.minimum, bounds.maximum, res, device)
+    with torch.no_grad():
+        keep = carve([v.camera for v in views], segments, points, dilate_px=1, hooks=None)
+    cell = bounds.size / res
+    cameras_grid = np.stack([(v.camera.centre - bounds.minimum) / cell - 0.5 for v in views])
+    occupied = torch.as_tensor(isolate_object(keep.view(res, res, res).cpu().numpy(), cameras_grid, config))
+    fill = float(occupied.float().mean())
+    if not bool(occupied.any()):
+        raise InputError(
+            "could not find the object: the views' segmentations share no region inside the bounds.",
+            fix="check that the bounds enclose the object and that the cameras match the photos, or give masks.",
+        )
+    cells = np.argwhere(occupied.numpy())
+    lo = bounds.minimum + np.maximum(cells.min(0) - 1, 0) * cell
+    hi = bounds.minimum + np.minimum(cells.max(0) + 2, res) * cell
+    surface = hull_surface(occupied.cpu(), bounds)
+    derived = []
+    for n, view in enumerate(views):
+        hooks.report("segment", n, len(views), f"projecting the object into view {n + 1}/{len(views)}")
+        derived.append(replace(view, mask=coverage(surface, view.camera, supersample=1).numpy()))
+    warnings = []
+    if fill > config.fills_bounds:
+        warnings.append(
+            f"the object could not be separated from its background: the region the views agree on fills "
+            f"{100 * fill:.0f} % of the bounds box. Give masks, tighter bounds, or photos where the background "
+            "differs from the object."
+        )
+    hooks.report("segment", len(views), len(views), f"object fills {100 * fill:.0f} % of the bounds")
+    return DerivedMasks(views=derived, fill=fill, bounds=Bounds((lo + hi) / 2, hi - lo), warnings=warnings)
