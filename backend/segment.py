@@ -9,10 +9,10 @@ from all the segmentations removes it, while the object, which every view keeps,
 projected into every view: those are the derived masks, consistent by construction, and the rest of the
 pipeline runs as if the user had given them.
 
-Measured on ``ethiopian_head`` (57 photos, bounds 1.3× the object's box): a single view's segmentation has
-silhouette IoU 0.40–0.53 against the true masks (the projected box covers most of the photo), the hull carved from
-all of them 0.90–0.97 on the nine held-out views; letting one or two views disagree before carving (a vote
-instead of an intersection) lowered it to 0.94 / 0.89, because the support and table then survive.
+Measured on ``ethiopian_head`` (57 photos, bounds 1.3× the object's box; docs/BENCHMARKS.md): a single view's
+segmentation has silhouette IoU 0.40–0.53 against the true masks (the projected box covers most of the photo), the
+derived masks 0.94 on average; letting views disagree before carving (a vote instead of an intersection) lowered
+it, because the support then survives.
 """
 
 from __future__ import annotations

@@ -115,7 +115,8 @@ def prepare(
     """Check the views and write a job folder; returns the job to start.
 
     ``views``: objects with ``camera``, ``image``, ``mask``, ``frame`` (default: the scene's view list).
-    ``bounds``: a job.json bounds dict (default: the settings' bounds object, else none: found from the masks).
+    ``bounds``: a job.json bounds dict (default: the settings' bounds object, else none: the backend takes them
+    from the masks, or from where the cameras look).
     ``options``: backend options (default: the panel's).
     """
     settings = scene.gtr

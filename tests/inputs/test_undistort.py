@@ -22,7 +22,7 @@ from backend.inputs.undistort import (
     undistorted_K,
 )
 
-cv2 = pytest.importorskip("cv2")  # the dev extra installs opencv-python-headless
+cv2 = pytest.importorskip("cv2")  # a dependency of the backend (opencv-python-headless)
 
 WIDTH, HEIGHT = 640, 480
 K = np.array([[420.0, 0.0, 323.5], [0.0, 415.0, 236.0], [0.0, 0.0, 1.0]])
