@@ -411,4 +411,3 @@ def write_outputs(
             out_dir.rmdir()
         raise
     return metrics
-

@@ -44,11 +44,14 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / (a | b).sum())
 
 
-def test_derived_masks_match_the_objects_coverage(scene):
+def test_derived_masks_match_the_objects_coverage_and_warn_when_they_fill_the_bounds(scene):
     derived = derive_masks(photos(scene.train), object_bounds(scene), SegmentConfig())
     ious = [iou(d.mask > 0.5, v.mask > 0.5) for d, v in zip(derived.views, scene.train)]
     assert np.mean(ious) > 0.86 and np.min(ious) > 0.83, ious  # measured 0.888 and 0.855 (visual-hull masks)
     assert derived.warnings == []
+    assert 0.28 < derived.fill < 0.36  # measured 0.320 of the bounds box (the object fills about a third)
+    strict = derive_masks(photos(scene.train), object_bounds(scene), SegmentConfig(fills_bounds=0.5 * derived.fill))
+    assert len(strict.warnings) == 1 and "could not be separated" in strict.warnings[0]
 
 
 @pytest.fixture(scope="module")
