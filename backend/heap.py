@@ -8,7 +8,7 @@ and ~40 MB per depth map, to a 6.6 GB peak, while what the tensors needed at any
 every allocation above 1–4 MB into its own mapping (``MALLOC_MMAP_THRESHOLD_``) kept the peak near 1.1 GB but
 doubled the fit's time (fresh pages are faulted in and zeroed on every step). :func:`release_free_memory`
 (glibc ``malloc_trim``) returns the free pages once in a while instead: on 300 lego fit steps + 8 depth maps it
-cut the peak from 4.0 to 2.4 GB at no measurable cost when called every 100 fit steps and once per depth map.
+cut the peak from 4.0 to 2.3 GB at no measurable cost when called every 100 fit steps and once per depth map.
 """
 
 from __future__ import annotations

@@ -247,7 +247,9 @@ def reconstruct(
     threads = use_threads(job.options.get("threads"))
     segmented = None
     if any(v.mask is None for v in job.views):
+        start = time.perf_counter()
         job, segmented = with_derived_masks(job, config, device, hooks or Hooks())
+        segment_seconds = round(time.perf_counter() - start, 3)
     if method == "gtr":
         result = _reconstruct_gtr(job, checkpoint, config, device, hooks, load_weights)
     else:
@@ -257,8 +259,8 @@ def reconstruct(
     if segmented is not None:
         result.derived_masks = {v.name: v.mask for v in segmented.views}
         result.metrics["object_fill"] = round(segmented.fill, 4)
-        result.timings = {"segment": segmented.seconds, **result.timings}
-        result.timings["total"] = round(result.timings["total"] + segmented.seconds, 3)
+        result.timings = {"segment": segment_seconds, **result.timings}
+        result.timings["total"] = round(result.timings["total"] + segment_seconds, 3)
         if "seconds" in result.metrics:
             result.metrics["seconds"] = result.timings["total"]
     return result
@@ -267,7 +269,6 @@ def reconstruct(
 def with_derived_masks(job: Job, config: PipelineConfig, device, hooks: Hooks) -> tuple[Job, DerivedMasks]:
     """The job with a mask on every view, derived from the photos inside the bounds (:mod:`backend.segment`);
     bounds are estimated from the cameras when the job has none. The job's warnings say what was done."""
-    start = time.perf_counter()
     warnings = list(job.warnings)
     bounds = job.bounds
     if bounds is None:
@@ -279,7 +280,6 @@ def with_derived_masks(job: Job, config: PipelineConfig, device, hooks: Hooks) -
         )
     hooks.report("segment", 0, 1, "masks from the photos")
     segmented = derive_masks(job.views, bounds, config.segment, hooks, device)
-    segmented.seconds = round(time.perf_counter() - start, 3)
     warnings += segmented.warnings
     warnings.append(f"the views had no masks: masks were derived from the photos (written to {MASKS_FOLDER}/).")
     return replace(job, views=segmented.views, bounds=segmented.bounds, warnings=warnings), segmented

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from .cameras import project
 from .errors import InputError
 from .extract import gaussian_blur3d
 from .hull import carve, lattice
@@ -63,8 +64,6 @@ class DerivedMasks:
     for the rest of the pipeline (a hull carved from views that all look from above would reach down to the
     edge of any larger box)."""
     warnings: list[str]
-    seconds: float = 0.0
-    """Wall time of deriving them (with estimating the bounds), set by the caller."""
 
 
 def projected_box(view: View, bounds: Bounds, width: int, height: int) -> np.ndarray | None:
@@ -73,13 +72,9 @@ def projected_box(view: View, bounds: Bounds, width: int, height: int) -> np.nda
     import cv2
 
     cam = view.camera.scaled(width, height)
-    p = bounds.corners() @ cam.world_to_camera[:3, :3].T + cam.world_to_camera[:3, 3]
-    if cam.orthographic:
-        uv = p[:, :2] @ cam.K[:2, :2].T + cam.K[:2, 2]
-    else:
-        if np.any(p[:, 2] <= 1e-6):
-            return None
-        uv = p[:, :2] / p[:, 2:3] @ cam.K[:2, :2].T + cam.K[:2, 2]
+    uv, z = project(cam, bounds.corners())
+    if not cam.orthographic and np.any(z <= 1e-6):
+        return None
     region = np.zeros((height, width), np.uint8)
     polygon = cv2.convexHull(np.round(uv).clip(-(2**20), 2**20).astype(np.int32))
     cv2.fillConvexPoly(region, polygon, 1)
