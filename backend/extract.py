@@ -33,14 +33,20 @@ class ExtractConfig:
     target_faces: int | None = None
     """Decimate to at most this many faces (quadric decimation); None keeps every face."""
     surface: str = "fused"
-    """``"fused"``: the zero level of the views' rendered depths fused into a truncated distance (needs the views;
-    robust to the soft density a short fit leaves); ``"density"``: the ``level`` iso-surface of σ, with space no
-    view sees filled when views are given (differentiable w.r.t. the density grid)."""
+    """``"fused"``: the zero level of the views' rendered depths fused into a truncated distance (robust to the
+    soft density a short fit leaves: the most accurate outer surface on solid objects); ``"density"``: the
+    ``level`` iso-surface of σ, with space no view sees filled when views are given (differentiable w.r.t. the
+    density grid; keeps thin parts and the gaps between them, which fusion thickens and fills, but the soft density
+    behind the visible surface can leave inner sheets)."""
     truncation: float = 0.18
     """Truncation of the fused distance, in canonical units (the box is 2 wide). Larger values average more views
-    into each point (smoother, more accurate surfaces on solid objects) but can thicken parts thinner than this."""
+    into each point (smoother, more accurate surfaces on solid objects) but can thicken parts thinner than this.
+    A point counts as seen by a view when it lies in front of that view's surface or less than this behind it."""
     depth_map_size: int = 512
     """Longest side of the depth maps rendered for the fused distance (smaller inputs are used as they are)."""
+    visibility_map_size: int = 128
+    """Longest side of the depth maps that only find the space no view sees (``"density"`` surface): on lego,
+    sparse8, 128 gave the same mesh PSNR as 512 (21.20 vs 21.23 dB) for 1/16 of the rays."""
     max_fusion_views: int = 32
     """At most this many views (evenly spread through the list) are rendered for the fused distance."""
     chunk: int = 1 << 18
@@ -160,12 +166,14 @@ def fused_distance(
     config: ExtractConfig,
     region: OccupancyGrid | None = None,
     hooks: Hooks | None = None,
+    map_size: int | None = None,
 ) -> torch.Tensor:
     """Truncated signed distance to the views' rendered surfaces, fused over views, on the (res³) lattice.
 
     Each view contributes ``clamp(t_stop − t_point, −m, m)`` (positive in front of its surface) wherever the point
     is not hidden more than ``m`` behind that surface; points no view sees get −m (inside), points outside
-    ``region`` (the visual hull) +m. ``m`` = ``config.truncation``. Reports each view as stage ``extract``.
+    ``region`` (the visual hull) +m. ``m`` = ``config.truncation``; the depth maps' longest side is ``map_size``
+    (default ``config.depth_map_size``). Reports each view as stage ``extract``.
     """
     hooks = hooks or Hooks()
     device = field.planes.device
@@ -181,7 +189,7 @@ def fused_distance(
         views = [views[i] for i in np.linspace(0, len(views) - 1, config.max_fusion_views).round().astype(int)]
     for n, view in enumerate(views):
         hooks.report("extract", n, len(views), f"depth map {n + 1}/{len(views)}")
-        cam, t_stop = stop_depths(field, occupancy, view, config.depth_map_size, hooks)
+        cam, t_stop = stop_depths(field, occupancy, view, map_size or config.depth_map_size, hooks)
         index, inside, z = pixel_lookup(cam, pts)
         stop = t_stop[index]
         if cam.orthographic:
@@ -237,7 +245,8 @@ def extract(
     fused = None
     if views:
         hooks.report("extract", 0, 3, "rendering depth maps")
-        fused = fused_distance(field, occupancy, views, config.resolution, config, hull, hooks)
+        size = config.depth_map_size if config.surface == "fused" else config.visibility_map_size
+        fused = fused_distance(field, occupancy, views, config.resolution, config, hull, hooks, size)
     hooks.report("extract", 1, 3, "marching cubes")
     if config.surface == "fused" and fused is not None:
         mesh = mesh_from_distance(fused, config)

@@ -177,6 +177,10 @@ OPTIONS: dict[str, Option] = {
                unset="no limit"),
         Option("mesh_resolution", int, "marching-cubes grid side", paths=("extract.resolution", "gtr.mesh_resolution"),
                minimum=16, maximum=1024, unset="model's"),
+        Option("surface", str, "fit: how the mesh is taken from the field — fused: the views' depths fused into a "
+               "distance (the most accurate outer surface of solid objects); density: an iso-surface of the density "
+               "(keeps thin parts and the gaps between them, e.g. lego)", paths=("extract.surface",),
+               choices=("fused", "density")),
         Option("geometry_iterations", int, "geometry-refinement steps: the extracted mesh's vertices move so its "
                "renders match the views' masks and colours (fit method; 0 disables it)",
                paths=("geometry.iterations",), minimum=0),

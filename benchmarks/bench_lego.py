@@ -2,7 +2,7 @@
 
     python benchmarks/bench_lego.py --output bench_out/lego [--data ../shared/data/nerf_synthetic_lego_400]
                                     [--protocol full|sparse8|all] [--preset draft] [--device auto]
-                                    [--fit-steps N] [--fit-seconds S]
+                                    [--fit-steps N] [--fit-seconds S] [--surface fused|density]
     python benchmarks/bench_lego.py --output /tmp/smoke --smoke      # sparse8, tiny preset: plumbing only
 
 Protocols: ``full`` reconstructs from all train views; ``sparse8`` from train views 26, 86, 2, 55, 75, 93, 16, 73.
@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=None, help="seconds before a run is killed")
     parser.add_argument("--fit-steps", type=int, default=None, help="passed to eval (default: the preset's)")
     parser.add_argument("--fit-seconds", type=float, default=None, help="passed to eval (default: the preset's)")
+    parser.add_argument("--surface", choices=["fused", "density"], default=None,
+                        help="passed to eval (default: the preset's)")
     parser.add_argument(
         "--smoke", action="store_true", help="sparse8 only, tiny preset, 2 test views: checks the plumbing only"
     )
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             cli_args += ["--fit-steps", str(args.fit_steps)]
         if args.fit_seconds is not None:
             cli_args += ["--fit-seconds", str(args.fit_seconds)]
+        if args.surface is not None:
+            cli_args += ["--surface", args.surface]
         print(f"[{n + 1}/{len(protocols)}] lego {name}", file=sys.stderr, flush=True)
         record = common.run_eval(cli_args, run_dir, out_dir / f"{name}.log", args.smoke, args.timeout)
         results.append(dict(record, protocol=name))

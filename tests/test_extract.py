@@ -44,7 +44,8 @@ def radii(mesh: Mesh, centre=(0.0, 0.0, 0.0)) -> np.ndarray:
 
 def test_fused_surface_of_a_sphere():
     field = SphereField(0.5)
-    mesh = extract(field, None, ExtractConfig(resolution=48, depth_map_size=64, truncation=0.2), views=ring_views())
+    config = ExtractConfig(resolution=48, surface="fused", depth_map_size=64, truncation=0.2)
+    mesh = extract(field, None, config, views=ring_views())
     r = radii(mesh)
     cell = 2 / 47
     assert abs(np.median(r) - 0.5) < cell
@@ -62,7 +63,7 @@ def test_density_surface_fills_what_no_view_sees():
             return torch.where((n < 0.6) & (n > 0.4) & (p[:, 2] > -0.3), 500.0, 0.0)
 
     config = ExtractConfig(
-        resolution=48, surface="density", level=10.0, blur_voxels=0, depth_map_size=64, truncation=0.2
+        resolution=48, surface="density", level=10.0, blur_voxels=0, visibility_map_size=64, truncation=0.2
     )
     with_views = extract(OpenShell(0.6), None, config, views=ring_views(elevations=(30.0, 50.0)))
     without = extract(OpenShell(0.6), None, config)
