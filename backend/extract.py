@@ -52,6 +52,11 @@ class ExtractConfig:
     chunk: int = 1 << 18
     """Lattice points per density evaluation; each chunk is one progress report and cancel point."""
 
+    @property
+    def map_size(self) -> int:
+        """Longest side of the depth maps this surface mode renders."""
+        return self.depth_map_size if self.surface == "fused" else self.visibility_map_size
+
 
 def gaussian_blur3d(volume: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of a (X, Y, Z) volume with replicate padding (differentiable)."""
@@ -166,14 +171,13 @@ def fused_distance(
     config: ExtractConfig,
     region: OccupancyGrid | None = None,
     hooks: Hooks | None = None,
-    map_size: int | None = None,
 ) -> torch.Tensor:
     """Truncated signed distance to the views' rendered surfaces, fused over views, on the (res³) lattice.
 
     Each view contributes ``clamp(t_stop − t_point, −m, m)`` (positive in front of its surface) wherever the point
     is not hidden more than ``m`` behind that surface; points no view sees get −m (inside), points outside
-    ``region`` (the visual hull) +m. ``m`` = ``config.truncation``; the depth maps' longest side is ``map_size``
-    (default ``config.depth_map_size``). Reports each view as stage ``extract``.
+    ``region`` (the visual hull) +m. ``m`` = ``config.truncation``; the depth maps' longest side is
+    ``config.map_size``. Reports each view as stage ``extract``.
     """
     hooks = hooks or Hooks()
     device = field.planes.device
@@ -189,7 +193,7 @@ def fused_distance(
         views = [views[i] for i in np.linspace(0, len(views) - 1, config.max_fusion_views).round().astype(int)]
     for n, view in enumerate(views):
         hooks.report("extract", n, len(views), f"depth map {n + 1}/{len(views)}")
-        cam, t_stop = stop_depths(field, occupancy, view, map_size or config.depth_map_size, hooks)
+        cam, t_stop = stop_depths(field, occupancy, view, config.map_size, hooks)
         index, inside, z = pixel_lookup(cam, pts)
         stop = t_stop[index]
         if cam.orthographic:
@@ -245,8 +249,7 @@ def extract(
     fused = None
     if views:
         hooks.report("extract", 0, 3, "rendering depth maps")
-        size = config.depth_map_size if config.surface == "fused" else config.visibility_map_size
-        fused = fused_distance(field, occupancy, views, config.resolution, config, hull, hooks, size)
+        fused = fused_distance(field, occupancy, views, config.resolution, config, hull, hooks)
     hooks.report("extract", 1, 3, "marching cubes")
     if config.surface == "fused" and fused is not None:
         mesh = mesh_from_distance(fused, config)
