@@ -17,7 +17,7 @@ from .marching_cubes import marching_cubes
 from .mesh import Mesh
 from .progress import Hooks
 from .views import View
-from .volume import OccupancyGrid, RenderConfig, render_rays
+from .volume import OccupancyGrid, RenderConfig, stop_distances
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,8 @@ def fill_cavities(values: torch.Tensor, level: float) -> torch.Tensor:
 def stop_depths(
     field: TriplaneField, occupancy: OccupancyGrid | None, view: View, size: int, hooks: Hooks | None = None
 ):
-    """Volume-render where each ray of a (downscaled) view stops: (camera, (H·W,) median ray distance, +inf where
-    the pixel is background (opacity < ½)). Checks for cancel before each chunk of rays."""
+    """Where each ray of a (downscaled) view stops: (camera, (H·W,) ray distance where the transmittance falls to
+    ½, +inf where the pixel is background). Checks for cancel before each chunk of rays."""
     hooks = hooks or Hooks()
     device = field.planes.device
     occ = occupancy if occupancy is not None else OccupancyGrid(torch.ones((8,) * 3, dtype=torch.bool, device=device))
@@ -157,8 +157,7 @@ def stop_depths(
     stops = []
     for o, d in zip(origins.view(-1, 3).split(16384), dirs.view(-1, 3).split(16384)):
         hooks.check_cancel()
-        out = render_rays(field, o, d, occ, RenderConfig(), torch.zeros(3, device=device))
-        stops.append(torch.where(out.opacity > 0.5, out.depth_median, torch.full_like(out.depth, float("inf"))))
+        stops.append(stop_distances(field, o, d, occ, RenderConfig()))
     return cam, torch.cat(stops)
 
 

@@ -38,13 +38,11 @@ class RenderConfig:
 @dataclass
 class RenderOutput:
     """Per-ray results: ``rgb`` (R, 3) composited on the background, ``opacity`` (R,), ``depth`` (R,) the
-    expected ray distance t (0 where empty), ``depth_median`` (R,) the distance where opacity reaches ½ (0 where it
-    never does), ``samples`` the number of network-evaluated samples (with grad)."""
+    expected ray distance t (0 where empty), ``samples`` the number of network-evaluated samples (with grad)."""
 
     rgb: torch.Tensor
     opacity: torch.Tensor
     depth: torch.Tensor
-    depth_median: torch.Tensor
     samples: int
     distortion: torch.Tensor
     """Mean over rays of the mip-NeRF 360 distortion Σᵢⱼ wᵢwⱼ|tᵢ − tⱼ| + ⅓ Σᵢ wᵢ² δ (small when each ray's weight
@@ -165,9 +163,6 @@ def render_rays(
     wt_before = _segment_exclusive_cumsum(weights * t, ray_index, R)
     pairwise = 2 * (weights * (t * w_before - wt_before)).sum()
     distortion = (pairwise + (weights.square() * step).sum() / 3) / max(R, 1)
-    with torch.no_grad():
-        crossing = (transmittance > 0.5) & (transmittance - weights <= 0.5)
-        depth_median = torch.zeros(R, device=origins.device).index_put_((ray_index[crossing],), t[crossing])
     opacity = torch.zeros(R, device=origins.device).index_add(0, ray_index, weights)
     color = torch.zeros(R, 3, device=origins.device).index_add(0, ray_index, weights[:, None] * rgb)
     depth = torch.zeros(R, device=origins.device).index_add(0, ray_index, weights * t)
@@ -176,10 +171,51 @@ def render_rays(
         rgb=color,
         opacity=opacity,
         depth=depth,
-        depth_median=depth_median,
         samples=int(len(pts)),
         distortion=distortion.to(color.dtype),
     )
+
+
+@torch.no_grad()
+def stop_distances(
+    field: TriplaneField,
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    occupancy: OccupancyGrid,
+    config: RenderConfig,
+    window: int = 64,
+) -> torch.Tensor:
+    """Where each ray (R, 3) stops: the distance t of the sample at which its transmittance falls to ½ (the median
+    of its weights), +inf where it never does (the pixel shows background). Marches ``window`` samples at a time
+    (the packed sampler's step and sample positions, no jitter) and drops each ray once it stops, so the density
+    behind a surface is never evaluated."""
+    step = 2 * math.sqrt(3) / config.samples_per_diagonal
+    device = origins.device
+    stops = torch.full((origins.shape[0],), float("inf"), device=device)
+    lo, hi = occupancy.bbox()
+    near, far = ray_box(origins, dirs, lo.to(device), hi.to(device))
+    optical = torch.zeros(origins.shape[0], dtype=torch.float64, device=device)
+    active = (far > near).nonzero().squeeze(1)
+    offsets = (torch.arange(window, device=device) + 0.5) * step
+    first = 0.0
+    while len(active):
+        t = near[active, None] + first + offsets[None]  # (A, window)
+        valid = t < far[active, None]
+        pts = origins[active, None] + t[..., None] * dirs[active, None]
+        valid &= occupancy.lookup(pts)
+        sigma = torch.zeros(t.shape, device=device)
+        inside = pts[valid]
+        if len(inside):
+            sigma[valid] = torch.cat([field.density(p) for p in inside.split(config.chunk)])
+        depth = optical[active, None] + torch.cumsum((sigma * step).double(), 1)
+        crossed = depth >= math.log(2.0)
+        stopped = crossed.any(1)
+        index = crossed.to(torch.uint8).argmax(1)  # the first sample past the crossing
+        stops[active[stopped]] = t[stopped, index[stopped]]
+        optical[active] = depth[:, -1]
+        first += window * step
+        active = active[~stopped & (near[active] + first < far[active])]
+    return stops
 
 
 @torch.no_grad()

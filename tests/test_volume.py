@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from backend.field import FieldConfig, TriplaneField
-from backend.volume import OccupancyGrid, RenderConfig, ray_box, render_rays
+from backend.volume import OccupancyGrid, RenderConfig, ray_box, render_rays, stop_distances
 
 
 class ConstantSphere(torch.nn.Module):
@@ -68,7 +68,25 @@ def test_depth_of_an_opaque_sphere_is_its_entry_point():
     entry = 3 - torch.sqrt(0.25 - torch.tensor([0.0, 0.3]) ** 2)
     assert torch.allclose(out.opacity, torch.ones(2), atol=1e-3)
     assert torch.allclose(out.depth, entry, atol=5e-3)
-    assert torch.allclose(out.depth_median, entry, atol=5e-3)
+    stops = stop_distances(field, o, d, full_grid(), RenderConfig(samples_per_diagonal=4096))
+    assert torch.allclose(stops, entry, atol=5e-3)
+
+
+def test_a_ray_stops_where_its_transmittance_falls_to_a_half():
+    sigma, radius = 3.0, 0.6
+    field = ConstantSphere(sigma, radius)
+    offsets = torch.tensor([0.0, 0.3, 0.59, 0.7])
+    o, d = axis_rays(4, offsets)
+    half_chord = torch.sqrt((radius**2 - offsets**2).clamp_min(0))
+    expected = 3 - half_chord + math.log(2) / sigma  # optical depth σ·(t − entry) reaches ln 2
+    expected[2:] = float("inf")  # 0.59: the whole chord is less than ln 2 deep; 0.7 misses
+    assert 2 * half_chord[2] * sigma < math.log(2)
+    cfg = RenderConfig(samples_per_diagonal=4096)
+    step = 2 * math.sqrt(3) / cfg.samples_per_diagonal
+    for window in (5, 64, 4096):  # rays stop in the first window, a later one, or run to the end
+        stops = stop_distances(field, o, d, full_grid(), cfg, window=window)
+        assert torch.allclose(stops[:2], expected[:2], atol=step)
+        assert torch.isinf(stops[2:]).all()
 
 
 def test_empty_space_skipping_does_not_change_the_image():
