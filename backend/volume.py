@@ -7,9 +7,10 @@
   Differentiable with respect to the field (and so to the generator that produced its planes).
 
 The packed sampler marches rays in the canonical box [-1, 1]³ with a fixed step; samples in empty cells of an
-:class:`OccupancyGrid` are dropped before any network evaluation. A no-grad density pass finds where each ray's
-transmittance falls below ``transmittance_floor``; only samples in front of that point are evaluated again with
-gradients. Everything is vectorised over packed (ray, sample) lists: no per-ray Python loop.
+:class:`OccupancyGrid` are dropped before any network evaluation. A no-grad density pass, a window of samples at
+a time, finds where each ray's transmittance falls below ``transmittance_floor`` and stops marching it there; only
+samples in front of that point are evaluated again with gradients. Everything is vectorised over the rays of a
+window and over packed (ray, sample) lists: no per-ray Python loop.
 """
 
 from __future__ import annotations
@@ -110,27 +111,85 @@ def _segment_exclusive_cumsum(values: torch.Tensor, ray_index: torch.Tensor, num
     return exclusive - exclusive[first[ray_index]]
 
 
-def march(
-    origins: torch.Tensor, dirs: torch.Tensor, occupancy: OccupancyGrid, config: RenderConfig, jitter: bool
+class _Marcher:
+    """Marches rays (R, 3) through the occupied cells of the box at the packed sampler's step, ``window`` samples
+    at a time, for the rays still ``active``: each window's sample distances, points and occupancy, then
+    :meth:`advance` with the rays that go on. Sample k of ray r lies at near_r + (k + offset_r) · step."""
+
+    def __init__(self, origins, dirs, occupancy: OccupancyGrid, config: RenderConfig, jitter: bool, window: int):
+        device = origins.device
+        self.origins, self.dirs, self.occupancy = origins, dirs, occupancy
+        self.step = 2 * math.sqrt(3) / config.samples_per_diagonal
+        lo, hi = occupancy.bbox()
+        self.near, self.far = ray_box(origins, dirs, lo.to(device), hi.to(device))
+        R = origins.shape[0]
+        self.offset = torch.rand(R, 1, device=device) if jitter else torch.full((R, 1), 0.5, device=device)
+        self.active = (self.far > self.near).nonzero().squeeze(1)
+        self.index = torch.arange(window, device=device)[None]
+        self.first = 0
+
+    def window(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(t, points, valid) of the active rays' next window: (A, W), (A, W, 3), (A, W) bool."""
+        a = self.active
+        t = self.near[a, None] + (self.first + self.index + self.offset[a]) * self.step
+        valid = t < self.far[a, None]
+        pts = self.origins[a, None] + t[..., None] * self.dirs[a, None]
+        valid &= self.occupancy.lookup(pts)
+        return t, pts, valid
+
+    def advance(self, going_on: torch.Tensor) -> None:
+        """Keep the active rays where ``going_on`` (A,) and that have samples left."""
+        self.first += self.index.shape[1]
+        a = self.active[going_on]
+        self.active = a[self.near[a] + self.first * self.step < self.far[a]]
+
+
+def _densities(field: TriplaneField, pts: torch.Tensor, valid: torch.Tensor, chunk: int) -> torch.Tensor:
+    """σ at the valid points of a window (A, W, 3), 0 elsewhere."""
+    sigma = torch.zeros(valid.shape, device=pts.device)
+    inside = pts[valid]
+    if len(inside):
+        sigma[valid] = torch.cat([field.density(p) for p in inside.split(chunk)])
+    return sigma
+
+
+@torch.no_grad()
+def front_samples(
+    field: TriplaneField,
+    origins: torch.Tensor,
+    dirs: torch.Tensor,
+    occupancy: OccupancyGrid,
+    config: RenderConfig,
+    jitter: bool,
+    window: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-    """Packed samples in occupied cells: (ray_index (S,), t (S,), points (S, 3), step)."""
-    step = 2 * math.sqrt(3) / config.samples_per_diagonal
-    lo, hi = occupancy.bbox()
-    near, far = ray_box(origins, dirs, lo.to(origins.device), hi.to(origins.device))
-    hit = far > near
-    R = origins.shape[0]
-    if not bool(hit.any()):
+    """The samples worth evaluating with gradients, packed ray by ray in marching order: (ray_index (S,), t (S,),
+    points (S, 3), step). A sample is kept when it lies in an occupied cell, in front of the point where its ray's
+    transmittance falls below ``transmittance_floor``, and is at least ``min_sample_opacity`` opaque (σ·step). A
+    ray is marched no further once its transmittance is below the floor, so the density behind surfaces is never
+    evaluated."""
+    march = _Marcher(origins, dirs, occupancy, config, jitter, window)
+    floor = config.transmittance_floor
+    limit = -math.log(floor) if floor > 0 else math.inf  # optical depth at the floor
+    optical = torch.zeros(origins.shape[0], dtype=torch.float64, device=origins.device)
+    rays, ts, points = [], [], []
+    while len(march.active):
+        t, pts, valid = march.window()
+        tau = _densities(field, pts, valid, config.chunk) * march.step
+        inclusive = optical[march.active, None] + torch.cumsum(tau.double(), 1)
+        keep = valid & (inclusive - tau < limit) & (tau > config.min_sample_opacity)
+        a, k = keep.nonzero(as_tuple=True)
+        rays.append(march.active[a])
+        ts.append(t[a, k])
+        points.append(pts[a, k])
+        optical[march.active] = inclusive[:, -1]
+        march.advance(inclusive[:, -1] < limit)
+    if not rays:
         empty = origins.new_zeros((0,))
-        return empty.long(), empty, origins.new_zeros((0, 3)), step
-    n_max = int(((far - near)[hit].max() / step).ceil().item()) + 1
-    offset = torch.rand(R, 1, device=origins.device) if jitter else torch.full((R, 1), 0.5, device=origins.device)
-    t = near[:, None] + (torch.arange(n_max, device=origins.device)[None] + offset) * step  # (R, N)
-    valid = (t < far[:, None]) & hit[:, None]
-    # Only look up the occupancy where the sample is inside the box, to keep the (R, N, 3) tensor short-lived.
-    pts = origins[:, None] + t[..., None] * dirs[:, None]
-    valid &= occupancy.lookup(pts)
-    ray_index, sample_index = valid.nonzero(as_tuple=True)
-    return ray_index, t[ray_index, sample_index], pts[ray_index, sample_index], step
+        return empty.long(), empty, origins.new_zeros((0, 3)), march.step
+    ray_index = torch.cat(rays)
+    order = torch.argsort(ray_index, stable=True)  # windows came one after another: group each ray's samples
+    return ray_index[order], torch.cat(ts)[order], torch.cat(points)[order], march.step
 
 
 def render_rays(
@@ -146,12 +205,7 @@ def render_rays(
     """Volume-render rays (R, 3) through ``field``. ``background``: (3,) or (R, 3). Gradients flow to the field
     when grad mode is on."""
     R = origins.shape[0]
-    ray_index, t, pts, step = march(origins, dirs, occupancy, config, jitter)
-    with torch.no_grad():
-        sigma = torch.cat([field.density(p) for p in pts.split(config.chunk)]) if len(pts) else pts.new_zeros(0)
-        optical = _segment_exclusive_cumsum(sigma * step, ray_index, R)
-        keep = (torch.exp(-optical) > config.transmittance_floor) & (sigma * step > config.min_sample_opacity)
-    ray_index, t, pts = ray_index[keep], t[keep], pts[keep]
+    ray_index, t, pts, step = front_samples(field, origins, dirs, occupancy, config, jitter)
     if len(pts):
         sigma, rgb = field(pts)
     else:
@@ -186,35 +240,21 @@ def stop_distances(
     window: int = 64,
 ) -> torch.Tensor:
     """Where each ray (R, 3) stops: the distance t of the sample at which its transmittance falls to ½ (the median
-    of its weights), +inf where it never does (the pixel shows background). Marches ``window`` samples at a time
-    (the packed sampler's step and sample positions, no jitter) and drops each ray once it stops, so the density
-    behind a surface is never evaluated."""
-    step = 2 * math.sqrt(3) / config.samples_per_diagonal
-    device = origins.device
-    stops = torch.full((origins.shape[0],), float("inf"), device=device)
-    lo, hi = occupancy.bbox()
-    near, far = ray_box(origins, dirs, lo.to(device), hi.to(device))
-    optical = torch.zeros(origins.shape[0], dtype=torch.float64, device=device)
-    active = (far > near).nonzero().squeeze(1)
-    offsets = (torch.arange(window, device=device) + 0.5) * step
-    first = 0.0
-    while len(active):
-        t = near[active, None] + first + offsets[None]  # (A, window)
-        valid = t < far[active, None]
-        pts = origins[active, None] + t[..., None] * dirs[active, None]
-        valid &= occupancy.lookup(pts)
-        sigma = torch.zeros(t.shape, device=device)
-        inside = pts[valid]
-        if len(inside):
-            sigma[valid] = torch.cat([field.density(p) for p in inside.split(config.chunk)])
-        depth = optical[active, None] + torch.cumsum((sigma * step).double(), 1)
-        crossed = depth >= math.log(2.0)
+    of its weights), +inf where it never does (the pixel shows background). Each ray is marched (no jitter) only
+    until it stops, so the density behind a surface is never evaluated."""
+    march = _Marcher(origins, dirs, occupancy, config, False, window)
+    stops = torch.full((origins.shape[0],), float("inf"), device=origins.device)
+    optical = torch.zeros(origins.shape[0], dtype=torch.float64, device=origins.device)
+    while len(march.active):
+        t, pts, valid = march.window()
+        tau = _densities(field, pts, valid, config.chunk) * march.step
+        inclusive = optical[march.active, None] + torch.cumsum(tau.double(), 1)
+        crossed = inclusive >= math.log(2.0)
         stopped = crossed.any(1)
-        index = crossed.to(torch.uint8).argmax(1)  # the first sample past the crossing
-        stops[active[stopped]] = t[stopped, index[stopped]]
-        optical[active] = depth[:, -1]
-        first += window * step
-        active = active[~stopped & (near[active] + first < far[active])]
+        first = crossed.to(torch.uint8).argmax(1)  # the first sample past the crossing
+        stops[march.active[stopped]] = t[stopped, first[stopped]]
+        optical[march.active] = inclusive[:, -1]
+        march.advance(~stopped)
     return stops
 
 
