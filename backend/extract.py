@@ -16,7 +16,7 @@ from .hull import pixel_lookup
 from .marching_cubes import marching_cubes
 from .mesh import Mesh
 from .progress import Hooks
-from .views import View
+from .views import View, evenly_spread
 from .volume import OccupancyGrid, RenderConfig, stop_distances
 
 
@@ -188,8 +188,7 @@ def fused_distance(
     pts = lattice[in_region] if in_region is not None else lattice
     total = torch.zeros(pts.shape[0], device=device)
     weight = torch.zeros(pts.shape[0], device=device)
-    if len(views) > config.max_fusion_views:
-        views = [views[i] for i in np.linspace(0, len(views) - 1, config.max_fusion_views).round().astype(int)]
+    views = evenly_spread(views, config.max_fusion_views)
     for n, view in enumerate(views):
         hooks.report("extract", n, len(views), f"depth map {n + 1}/{len(views)}")
         cam, t_stop = stop_depths(field, occupancy, view, config.map_size, hooks)

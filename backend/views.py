@@ -81,3 +81,10 @@ def downscale(view: View, max_size: int) -> View:
         mask=None if view.mask is None else resize(view.mask, "area"),
         depth=None if view.depth is None else resize(view.depth, "nearest"),
     )
+
+
+def evenly_spread(views: list[View], count: int) -> list[View]:
+    """At most ``count`` of the views, evenly spread through the list (all of them when there are no more)."""
+    if len(views) <= count:
+        return list(views)
+    return [views[i] for i in np.linspace(0, len(views) - 1, count).round().astype(int)]
