@@ -113,44 +113,48 @@ def _segment_exclusive_cumsum(values: torch.Tensor, ray_index: torch.Tensor, num
 
 class _Marcher:
     """Marches rays (R, 3) through the occupied cells of the box at the packed sampler's step, ``window`` samples
-    at a time, for the rays still ``active``: each window's sample distances, points and occupancy, then
-    :meth:`advance` with the rays that go on. Sample k of ray r lies at near_r + (k + offset_r) · step."""
+    at a time, for the rays still ``active``, evaluating the density and carrying each ray's optical depth from
+    window to window; :meth:`advance` keeps the rays that go on. Sample k of ray r lies at
+    near_r + (k + offset_r) · step."""
 
-    def __init__(self, origins, dirs, occupancy: OccupancyGrid, config: RenderConfig, jitter: bool, window: int):
+    def __init__(self, field: TriplaneField, origins, dirs, occupancy: OccupancyGrid, config: RenderConfig,
+                 jitter: bool, window: int):  # fmt: skip
         device = origins.device
-        self.origins, self.dirs, self.occupancy = origins, dirs, occupancy
+        self.field, self.origins, self.dirs, self.occupancy = field, origins, dirs, occupancy
+        self.chunk = config.chunk
         self.step = 2 * math.sqrt(3) / config.samples_per_diagonal
         lo, hi = occupancy.bbox()
         self.near, self.far = ray_box(origins, dirs, lo.to(device), hi.to(device))
         R = origins.shape[0]
         self.offset = torch.rand(R, 1, device=device) if jitter else torch.full((R, 1), 0.5, device=device)
+        self.optical = torch.zeros(R, dtype=torch.float64, device=device)
         self.active = (self.far > self.near).nonzero().squeeze(1)
         self.index = torch.arange(window, device=device)[None]
         self.first = 0
 
-    def window(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(t, points, valid) of the active rays' next window: (A, W), (A, W, 3), (A, W) bool."""
+    def window(self) -> tuple[torch.Tensor, ...]:
+        """The active rays' next window: sample distances t (A, W), points (A, W, 3), valid (A, W) (inside the box
+        and in an occupied cell), σ·step (A, W) (0 where not valid) and the optical depth up to and including each
+        sample (A, W) float64."""
         a = self.active
         t = self.near[a, None] + (self.first + self.index + self.offset[a]) * self.step
         valid = t < self.far[a, None]
         pts = self.origins[a, None] + t[..., None] * self.dirs[a, None]
         valid &= self.occupancy.lookup(pts)
-        return t, pts, valid
+        sigma = torch.zeros(valid.shape, device=pts.device)
+        inside = pts[valid]
+        if len(inside):
+            sigma[valid] = torch.cat([self.field.density(p) for p in inside.split(self.chunk)])
+        tau = sigma * self.step
+        depth = self.optical[a, None] + torch.cumsum(tau.double(), 1)
+        self.optical[a] = depth[:, -1]
+        return t, pts, valid, tau, depth
 
     def advance(self, going_on: torch.Tensor) -> None:
         """Keep the active rays where ``going_on`` (A,) and that have samples left."""
         self.first += self.index.shape[1]
         a = self.active[going_on]
         self.active = a[self.near[a] + self.first * self.step < self.far[a]]
-
-
-def _densities(field: TriplaneField, pts: torch.Tensor, valid: torch.Tensor, chunk: int) -> torch.Tensor:
-    """σ at the valid points of a window (A, W, 3), 0 elsewhere."""
-    sigma = torch.zeros(valid.shape, device=pts.device)
-    inside = pts[valid]
-    if len(inside):
-        sigma[valid] = torch.cat([field.density(p) for p in inside.split(chunk)])
-    return sigma
 
 
 @torch.no_grad()
@@ -168,22 +172,18 @@ def front_samples(
     transmittance falls below ``transmittance_floor``, and is at least ``min_sample_opacity`` opaque (σ·step). A
     ray is marched no further once its transmittance is below the floor, so the density behind surfaces is never
     evaluated."""
-    march = _Marcher(origins, dirs, occupancy, config, jitter, window)
+    march = _Marcher(field, origins, dirs, occupancy, config, jitter, window)
     floor = config.transmittance_floor
     limit = -math.log(floor) if floor > 0 else math.inf  # optical depth at the floor
-    optical = torch.zeros(origins.shape[0], dtype=torch.float64, device=origins.device)
     rays, ts, points = [], [], []
     while len(march.active):
-        t, pts, valid = march.window()
-        tau = _densities(field, pts, valid, config.chunk) * march.step
-        inclusive = optical[march.active, None] + torch.cumsum(tau.double(), 1)
-        keep = valid & (inclusive - tau < limit) & (tau > config.min_sample_opacity)
+        t, pts, valid, tau, depth = march.window()
+        keep = valid & (depth - tau < limit) & (tau > config.min_sample_opacity)
         a, k = keep.nonzero(as_tuple=True)
         rays.append(march.active[a])
         ts.append(t[a, k])
         points.append(pts[a, k])
-        optical[march.active] = inclusive[:, -1]
-        march.advance(inclusive[:, -1] < limit)
+        march.advance(depth[:, -1] < limit)
     if not rays:
         empty = origins.new_zeros((0,))
         return empty.long(), empty, origins.new_zeros((0, 3)), march.step
@@ -242,18 +242,14 @@ def stop_distances(
     """Where each ray (R, 3) stops: the distance t of the sample at which its transmittance falls to ½ (the median
     of its weights), +inf where it never does (the pixel shows background). Each ray is marched (no jitter) only
     until it stops, so the density behind a surface is never evaluated."""
-    march = _Marcher(origins, dirs, occupancy, config, False, window)
+    march = _Marcher(field, origins, dirs, occupancy, config, False, window)
     stops = torch.full((origins.shape[0],), float("inf"), device=origins.device)
-    optical = torch.zeros(origins.shape[0], dtype=torch.float64, device=origins.device)
     while len(march.active):
-        t, pts, valid = march.window()
-        tau = _densities(field, pts, valid, config.chunk) * march.step
-        inclusive = optical[march.active, None] + torch.cumsum(tau.double(), 1)
-        crossed = inclusive >= math.log(2.0)
+        t, _, _, _, depth = march.window()
+        crossed = depth >= math.log(2.0)
         stopped = crossed.any(1)
         first = crossed.to(torch.uint8).argmax(1)  # the first sample past the crossing
         stops[march.active[stopped]] = t[stopped, first[stopped]]
-        optical[march.active] = inclusive[:, -1]
         march.advance(~stopped)
     return stops
 
