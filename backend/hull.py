@@ -41,15 +41,18 @@ def carve(
     threshold: float = 0.5,
     dilate_px: int = 2,
     min_seen_fraction: float = 0.5,
+    dissent: int = 0,
     hooks: Hooks | None = None,
 ) -> torch.Tensor:
-    """(P,) bool: points that no mask calls background and that at least ``min_seen_fraction`` of views see.
+    """(P,) bool: points that at most ``dissent`` masks call background and that at least ``min_seen_fraction``
+    of views see.
 
     A point outside a view's image (or behind it) is *unknown* for that view, not background. Masks are
     dilated by ``dilate_px`` so thin parts and slightly-off cameras are not carved away.
     """
     alive = torch.arange(points.shape[0], device=points.device)
     seen = torch.zeros(points.shape[0], dtype=torch.int32, device=points.device)
+    against = torch.zeros(points.shape[0], dtype=torch.int32, device=points.device)
     for n, (camera, mask) in enumerate(zip(cameras, masks)):
         pts = points[alive]
         m = torch.as_tensor(mask, dtype=torch.float32, device=points.device)[None, None]
@@ -59,7 +62,8 @@ def carve(
         index, inside, _ = pixel_lookup(camera, pts)
         fg = m.reshape(-1)[index]
         seen[alive] += inside.int()
-        alive = alive[~inside | fg]
+        against[alive] += (inside & ~fg).int()
+        alive = alive[against[alive] <= dissent]
         if hooks:
             hooks.report("hull", n + 1, len(cameras))
     keep = torch.zeros(points.shape[0], dtype=torch.bool, device=points.device)

@@ -38,14 +38,26 @@ from .views import Bounds, View
 @dataclass(frozen=True)
 class SegmentConfig:
     working_size: int = 256
-    """Longest image side GrabCut runs at (it takes ~0.5 s per view at 256 px on one core)."""
+    """Longest image side the first GrabCut pass runs at (it takes ~0.5 s per view at 256 px on one core)."""
     iterations: int = 5
     """GrabCut iterations per view."""
     close_px: int = 4
-    """Radius (pixels at ``working_size``) of the morphological closing of each view's foreground; enclosed holes
+    """Radius (pixels at the working size) of the morphological closing of each view's foreground; enclosed holes
     are filled too. A highlight GrabCut calls background would otherwise carve a tunnel through the object."""
     hull_resolution: int = 160
-    """Cells per side of the grid over the bounds box that the segmentations carve."""
+    """Cells per side of the grids the segmentations carve (the bounds box, then the first hull's box)."""
+    dissent: float = 0.02
+    """Fraction of the views (rounded down) that may call a cell of the first hull background before it is carved
+    (see ``refine_dissent``)."""
+    refine_size: int = 320
+    """Longest side of the crop around the object that the second GrabCut pass runs at."""
+    refine_band: float = 0.016
+    """Width, as a fraction of the image's longest side, of the band around the first hull's projection that the
+    second pass may call object or background (beyond it: background)."""
+    refine_dissent: float = 0.04
+    """Fraction of the views (rounded down) that may call a cell of the second hull background before it is
+    carved: one view's GrabCut sometimes drops a dark rim of the object against a dark background (on
+    ``ethiopian_head``, 57 views, carving with no dissent lost the head's top in every view)."""
     support_cells: float = 2.0
     """Thickness (cells) of the top of a support the bounds cut (a table, a stand) that is removed with it."""
     fills_bounds: float = 0.6
@@ -81,6 +93,31 @@ def projected_box(view: View, bounds: Bounds, width: int, height: int) -> np.nda
     return region
 
 
+def segment(image: np.ndarray, labels: np.ndarray, config: SegmentConfig) -> np.ndarray | None:
+    """(h, w) bool foreground of an RGB uint8 ``image`` from GrabCut started with OpenCV's ``labels`` (GC_BGD,
+    GC_PR_FGD, ...), closed and with enclosed holes filled; None when GrabCut cannot run (e.g. too few pixels of
+    one kind to fit a colour model)."""
+    import cv2
+
+    labels = labels.astype(np.uint8)
+    background_model, object_model = np.zeros((1, 65)), np.zeros((1, 65))
+    try:
+        cv2.grabCut(np.ascontiguousarray(image[..., ::-1]), labels, None, background_model, object_model,
+                    config.iterations, cv2.GC_INIT_WITH_MASK)  # fmt: skip
+    except cv2.error:
+        return None
+    foreground = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
+    if config.close_px > 0:
+        size = 2 * config.close_px + 1
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
+        foreground = cv2.morphologyEx(foreground.astype(np.uint8), cv2.MORPH_CLOSE, kernel) > 0
+    return ndimage.binary_fill_holes(foreground)
+
+
+def rgb_bytes(view: View) -> np.ndarray:
+    return np.clip(np.asarray(view.rgb, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def grabcut(view: View, bounds: Bounds, config: SegmentConfig) -> np.ndarray:
     """(H, W) bool foreground of one view at its own size: GrabCut at ``config.working_size``, seeded with the
     projected bounds box as "probably object" and the rest of the image as background. A view whose box covers
@@ -94,22 +131,45 @@ def grabcut(view: View, bounds: Bounds, config: SegmentConfig) -> np.ndarray:
     everything = np.ones((H, W), dtype=bool)
     if region is None or region.all() or not region.any():
         return everything
-    rgb = np.clip(np.asarray(view.rgb, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    image = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA) if (w, h) != (W, H) else rgb
-    labels = np.where(region > 0, cv2.GC_PR_FGD, cv2.GC_BGD).astype(np.uint8)
-    background_model, object_model = np.zeros((1, 65)), np.zeros((1, 65))
-    try:
-        cv2.grabCut(np.ascontiguousarray(image[..., ::-1]), labels, None, background_model, object_model,
-                    config.iterations, cv2.GC_INIT_WITH_MASK)  # fmt: skip
-    except cv2.error:  # e.g. too few pixels of one kind to fit a colour model
+    image = cv2.resize(rgb_bytes(view), (w, h), interpolation=cv2.INTER_AREA) if (w, h) != (W, H) else rgb_bytes(view)
+    foreground = segment(image, np.where(region > 0, cv2.GC_PR_FGD, cv2.GC_BGD), config)
+    if foreground is None:
         return everything
-    foreground = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
-    if config.close_px > 0:
-        size = 2 * config.close_px + 1
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
-        foreground = cv2.morphologyEx(foreground.astype(np.uint8), cv2.MORPH_CLOSE, kernel) > 0
-    foreground = ndimage.binary_fill_holes(foreground).astype(np.uint8)
-    return cv2.resize(foreground, (W, H), interpolation=cv2.INTER_NEAREST) > 0
+    return cv2.resize(foreground.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def grabcut_around(view: View, seed: np.ndarray, config: SegmentConfig) -> np.ndarray:
+    """(H, W) bool foreground of one view inside ``seed`` (its (H, W) bool first mask): GrabCut on a crop around
+    the seed at ``config.refine_size``, with the seed as "probably object", a band ``config.refine_band`` wide
+    around it as "probably background" and the rest as background. The colour models then come from the
+    object's own surroundings, not the whole room. Returns the seed where GrabCut cannot run."""
+    import cv2
+
+    H, W = seed.shape
+    band = max(1, round(config.refine_band * max(H, W)))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
+    near = cv2.dilate(seed.astype(np.uint8), kernel) > 0
+    rows, cols = np.nonzero(near)
+    if len(rows) == 0:
+        return seed
+    margin = round(0.15 * max(np.ptp(rows), np.ptp(cols)))
+    r0, r1 = max(0, rows.min() - margin), min(H, rows.max() + margin + 1)
+    c0, c1 = max(0, cols.min() - margin), min(W, cols.max() + margin + 1)
+    scale = min(1.0, config.refine_size / max(r1 - r0, c1 - c0))
+    w, h = max(1, round((c1 - c0) * scale)), max(1, round((r1 - r0) * scale))
+
+    def crop(a: np.ndarray, interpolation) -> np.ndarray:
+        return cv2.resize(a[r0:r1, c0:c1], (w, h), interpolation=interpolation)
+
+    labels = np.full((h, w), cv2.GC_BGD, np.uint8)
+    labels[crop(near.astype(np.uint8), cv2.INTER_NEAREST) > 0] = cv2.GC_PR_BGD
+    labels[crop(seed.astype(np.uint8), cv2.INTER_NEAREST) > 0] = cv2.GC_PR_FGD
+    foreground = segment(crop(rgb_bytes(view), cv2.INTER_AREA), labels, config)
+    if foreground is None:
+        return seed
+    out = np.zeros((H, W), dtype=bool)
+    out[r0:r1, c0:c1] = cv2.resize(foreground.astype(np.uint8), (c1 - c0, r1 - r0), interpolation=cv2.INTER_NEAREST)
+    return out & seed
 
 
 def support_plane(occupied: np.ndarray, cameras_grid: np.ndarray, rng: np.random.Generator,
@@ -160,11 +220,15 @@ def isolate_object(occupied: np.ndarray, cameras_grid: np.ndarray, config: Segme
         index = np.indices(occupied.shape).reshape(3, -1).T.astype(np.float64)
         above = (index @ normal - offset > config.support_cells).reshape(occupied.shape)
         keep &= above
-    labels, count = ndimage.label(keep)
-    if count > 1:
-        sizes = np.bincount(labels.ravel())[1:]
-        keep = labels == 1 + int(np.argmax(sizes))
-    return keep
+    return largest_part(keep)
+
+
+def largest_part(occupied: np.ndarray) -> np.ndarray:
+    """The largest connected part of an occupancy grid."""
+    labels, count = ndimage.label(occupied)
+    if count <= 1:
+        return occupied
+    return labels == 1 + int(np.argmax(np.bincount(labels.ravel())[1:]))
 
 
 def hull_surface(occupied: torch.Tensor, bounds: Bounds) -> Mesh:
@@ -176,6 +240,18 @@ def hull_surface(occupied: torch.Tensor, bounds: Bounds) -> Mesh:
     last = first + (res + 1) * cell
     vertices, faces = marching_cubes(values, 0.5, first.tolist(), last.tolist())
     return Mesh(vertices.float(), faces)
+
+
+def outline(surface: Mesh, view: View, size: int) -> np.ndarray:
+    """(H, W) bool coverage of ``surface`` in ``view``, rasterised with the longest side at most ``size`` (it
+    seeds a GrabCut that runs at about that size) and scaled up to the view's size."""
+    import cv2
+
+    H, W = view.rgb.shape[:2]
+    scale = min(1.0, size / max(H, W))
+    camera = view.camera.scaled(max(1, round(W * scale)), max(1, round(H * scale)))
+    covered = (coverage(surface, camera, supersample=1).numpy() > 0.5).astype(np.uint8)
+    return cv2.resize(covered, (W, H), interpolation=cv2.INTER_NEAREST) > 0
 
 
 def derive_masks(views: list[View], bounds: Bounds, config: SegmentConfig, hooks: Hooks | None = None,
@@ -190,27 +266,43 @@ def derive_masks(views: list[View], bounds: Bounds, config: SegmentConfig, hooks
             fix="run install.py again (it installs opencv-python-headless), or give masks.",
         ) from None
     hooks = hooks or Hooks()
+    cameras = [v.camera for v in views]
     segments = []
     for n, view in enumerate(views):
         hooks.report("segment", n, len(views), f"segmenting view {n + 1}/{len(views)}")
-        segments.append(grabcut(view, bounds, config).astype(np.float32))
+        segments.append(grabcut(view, bounds, config))
     res = config.hull_resolution
-    points = lattice(bounds.minimum, bounds.maximum, res, device)
     with torch.no_grad():
-        keep = carve([v.camera for v in views], segments, points, dilate_px=1, hooks=None)
+        keep = carve(cameras, segments, lattice(bounds.minimum, bounds.maximum, res, device), dilate_px=1,
+                     dissent=int(config.dissent * len(views)))  # fmt: skip
     cell = bounds.size / res
     cameras_grid = np.stack([(v.camera.centre - bounds.minimum) / cell - 0.5 for v in views])
-    occupied = torch.as_tensor(isolate_object(keep.view(res, res, res).cpu().numpy(), cameras_grid, config))
-    fill = float(occupied.float().mean())
-    if not bool(occupied.any()):
+    occupied = isolate_object(keep.view(res, res, res).cpu().numpy(), cameras_grid, config)
+    fill = float(occupied.mean())
+    if not occupied.any():
         raise InputError(
             "could not find the object: the views' segmentations share no region inside the bounds.",
             fix="check that the bounds enclose the object and that the cameras match the photos, or give masks.",
         )
-    cells = np.argwhere(occupied.numpy())
+    cells = np.argwhere(occupied)
     lo = bounds.minimum + np.maximum(cells.min(0) - 1, 0) * cell
     hi = bounds.minimum + np.minimum(cells.max(0) + 2, res) * cell
-    surface = hull_surface(occupied.cpu(), bounds)
+    box = Bounds((lo + hi) / 2, hi - lo)
+    first = hull_surface(torch.as_tensor(occupied), bounds)
+    refined = []
+    for n, view in enumerate(views):  # second pass: GrabCut around the first hull's projection
+        hooks.report("segment", n, len(views), f"refining the object's outline in view {n + 1}/{len(views)}")
+        refined.append(grabcut_around(view, outline(first, view, config.refine_size), config))
+    with torch.no_grad():
+        points = lattice(box.minimum, box.maximum, res, device)
+        cells = ((points - torch.as_tensor(bounds.minimum, dtype=points.dtype, device=device)) / torch.as_tensor(
+            cell, dtype=points.dtype, device=device)).long().clamp(0, res - 1)  # fmt: skip
+        inside_first = torch.as_tensor(occupied, device=device)[cells[:, 0], cells[:, 1], cells[:, 2]]
+        keep = torch.zeros(len(points), dtype=torch.bool, device=device)
+        keep[inside_first] = carve(cameras, refined, points[inside_first], dilate_px=1,
+                                   dissent=int(config.refine_dissent * len(views)))  # fmt: skip
+    occupied = largest_part(keep.view(res, res, res).cpu().numpy())
+    surface = hull_surface(torch.as_tensor(occupied), box) if occupied.any() else first
     derived = []
     for n, view in enumerate(views):
         hooks.report("segment", n, len(views), f"projecting the object into view {n + 1}/{len(views)}")
@@ -223,4 +315,4 @@ def derive_masks(views: list[View], bounds: Bounds, config: SegmentConfig, hooks
             "differs from the object."
         )
     hooks.report("segment", len(views), len(views), f"object fills {100 * fill:.0f} % of the bounds")
-    return DerivedMasks(views=derived, fill=fill, bounds=Bounds((lo + hi) / 2, hi - lo), warnings=warnings)
+    return DerivedMasks(views=derived, fill=fill, bounds=box, warnings=warnings)

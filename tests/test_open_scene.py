@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from backend.cameras import orbit_cameras
+from backend.hull import carve, lattice, pixel_lookup
 from backend.metrics import mesh_metrics
 from backend.pipeline import MASKS_FOLDER, config_from_options, reconstruct, write_outputs
 from backend.segment import SegmentConfig, derive_masks, isolate_object
@@ -47,7 +49,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def test_derived_masks_match_the_objects_coverage_and_warn_when_they_fill_the_bounds(scene):
     derived = derive_masks(photos(scene.train), object_bounds(scene), SegmentConfig())
     ious = [iou(d.mask > 0.5, v.mask > 0.5) for d, v in zip(derived.views, scene.train)]
-    assert np.mean(ious) > 0.86 and np.min(ious) > 0.83, ious  # measured 0.888 and 0.855 (visual-hull masks)
+    assert np.mean(ious) > 0.88 and np.min(ious) > 0.85, ious  # measured 0.894 and 0.866 (visual-hull masks)
     assert derived.warnings == []
     assert 0.28 < derived.fill < 0.36  # measured 0.320 of the bounds box (the object fills about a third)
     strict = derive_masks(photos(scene.train), object_bounds(scene), SegmentConfig(fills_bounds=0.5 * derived.fill))
@@ -66,9 +68,9 @@ def test_the_mesh_is_the_object_without_the_table_or_the_room(scene, result):
     assert v[:, 2].min() > TABLE_Z - 0.01  # nothing of the table (measured TABLE_Z − 0.003: the bounds' bottom)
     lo, hi = scene.gt_vertices.min(0), scene.gt_vertices.max(0)
     beyond = np.concatenate([lo[:2] - v[:, :2].min(0), v.max(0) - hi])  # sides and top; the table is below
-    assert beyond.max() < 0.07, beyond  # nothing of the room (measured at most 0.054: a visual hull is fat)
+    assert beyond.max() < 0.055, beyond  # nothing of the room (measured at most 0.045: a visual hull is fat)
     scores = mesh_metrics(result.mesh, scene.gt_vertices, scene.gt_faces)
-    assert scores["chamfer_l1"] < 0.013  # measured 0.0103 of the diagonal
+    assert scores["chamfer_l1"] < 0.011  # measured 0.0097 of the diagonal
 
 
 @pytest.mark.slow
@@ -101,3 +103,26 @@ def test_a_support_the_bounds_cut_is_removed_with_what_lies_apart():
     assert keep.sum() == 16 * 16 * 19
     upside_down = isolate_object(occupied[:, :, ::-1], cameras * [1, 1, -1] + [0, 0, 39], SegmentConfig())
     assert (upside_down[:, :, ::-1] == keep).all()  # the side facing the cameras is kept, whichever it is
+
+
+
+def test_carving_tolerates_a_few_views_that_drop_part_of_the_object():
+    """Eight views of a ball; one view's mask loses the ball's top (as GrabCut loses a dark rim against a dark
+    background). With no dissent that view carves the top away; with one dissenting view allowed it stays."""
+    cameras = orbit_cameras(8, 4.0, 40.0, 64, elevations_degrees=(10.0, 30.0))
+    points = lattice(np.full(3, -1.0), np.full(3, 1.0), 32, "cpu")
+    ball = points.norm(dim=1) < 0.6
+    masks = []
+    for camera in cameras:  # each view's mask: the pixels the ball's cells fall in
+        index, inside, _ = pixel_lookup(camera, points[ball])
+        mask = np.zeros((64, 64), dtype=bool)
+        mask.reshape(-1)[index[inside].numpy()] = True
+        masks.append(mask)
+    first_row = int(masks[3].any(1).argmax())
+    masks[3][: first_row + 8] = False  # the top rows of the ball's silhouette in one view
+    top = ball & (points[:, 2] > 0.3)
+    strict = carve(cameras, masks, points, dilate_px=0)
+    tolerant = carve(cameras, masks, points, dilate_px=0, dissent=1)
+    assert int((strict & top).sum()) < 0.3 * int(top.sum())  # the one view took the top away (measured 0.22 left)
+    assert bool((tolerant & ball).sum() == ball.sum())  # every cell of the ball survives one dissenting view
+    assert int((tolerant & ~ball).sum()) < 0.12 * int(ball.sum())  # still carved around it (measured 0.087)
