@@ -181,6 +181,8 @@ OPTIONS: dict[str, Option] = {
                "distance (the most accurate outer surface of solid objects); density: an iso-surface of the density "
                "(keeps thin parts and the gaps between them, e.g. lego)", paths=("extract.surface",),
                choices=("fused", "density")),
+        Option("keep_support", bool, "photos without masks: keep what the object stands on (a table top, a stand) "
+               "where the bounds cut it, instead of removing it", paths=("segment.keep_support",)),
         Option("geometry_iterations", int, "geometry-refinement steps: the extracted mesh's vertices move so its "
                "renders match the views' masks and colours (fit method; 0 disables it)",
                paths=("geometry.iterations",), minimum=0),

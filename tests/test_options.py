@@ -55,6 +55,8 @@ def _other_value(opt, current):
     """A valid value different from ``current`` for the option."""
     if opt.choices:
         return next(c for c in opt.choices if c != current)
+    if opt.kind is bool:
+        return not current
     if opt.kind is int:
         return int(opt.minimum or 0) + 17 if current != int(opt.minimum or 0) + 17 else int(opt.minimum or 0) + 18
     return 7.5
