@@ -44,7 +44,9 @@ class ExtractConfig:
     into each point (smoother, more accurate surfaces on solid objects) but can thicken parts thinner than this.
     A point counts as seen by a view when it lies in front of that view's surface or less than this behind it."""
     depth_map_size: int = 512
-    """Longest side of the depth maps rendered for the fused distance (smaller inputs are used as they are)."""
+    """Longest side of the depth maps rendered for the fused distance (smaller inputs are used as they are). The
+    ``draft`` preset takes 256, finer than its 192³ lattice: on ``ethiopian_head`` (400 px photos, cached fit
+    with masks) mesh IoU 0.9814 and PSNR 18.78 dB against 0.9819 / 18.83 at 400, for 0.41× the rays."""
     visibility_map_size: int = 128
     """Longest side of the depth maps that only find the space no view sees (``"density"`` surface): on lego,
     sparse8, 128 gave the same mesh PSNR as 512 (21.20 vs 21.23 dB) for 1/16 of the rays."""

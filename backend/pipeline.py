@@ -86,7 +86,7 @@ PRESETS: dict[str, PipelineConfig] = {
             hull_resolution=128,
             field=FieldConfig(resolution=192, channels=12, density_scale=25.0),
         ),
-        extract=ExtractConfig(resolution=192),
+        extract=ExtractConfig(resolution=192, depth_map_size=256),
         geometry=GeometryConfig(iterations=100, max_size=256),
         refine=RefineConfig(iterations=400, points_per_step=16384),
         gtr=GTRSettings(mesh_resolution=128, refine=GTRRefineConfig(raster_size=512)),
