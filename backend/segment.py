@@ -98,7 +98,7 @@ def projected_box(view: View, bounds: Bounds, width: int, height: int) -> np.nda
     return region
 
 
-def segment(image: np.ndarray, labels: np.ndarray, config: SegmentConfig) -> np.ndarray | None:
+def run_grabcut(image: np.ndarray, labels: np.ndarray, config: SegmentConfig) -> np.ndarray | None:
     """(h, w) bool foreground of an RGB uint8 ``image`` from GrabCut started with OpenCV's ``labels`` (GC_BGD,
     GC_PR_FGD, ...), closed and with enclosed holes filled; None when GrabCut cannot run (e.g. too few pixels of
     one kind to fit a colour model)."""
@@ -136,8 +136,10 @@ def grabcut(view: View, bounds: Bounds, config: SegmentConfig) -> np.ndarray:
     everything = np.ones((H, W), dtype=bool)
     if region is None or region.all() or not region.any():
         return everything
-    image = cv2.resize(rgb_bytes(view), (w, h), interpolation=cv2.INTER_AREA) if (w, h) != (W, H) else rgb_bytes(view)
-    foreground = segment(image, np.where(region > 0, cv2.GC_PR_FGD, cv2.GC_BGD), config)
+    image = rgb_bytes(view)
+    if (w, h) != (W, H):
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+    foreground = run_grabcut(image, np.where(region > 0, cv2.GC_PR_FGD, cv2.GC_BGD), config)
     if foreground is None:
         return everything
     return cv2.resize(foreground.astype(np.uint8), (W, H), interpolation=cv2.INTER_NEAREST) > 0
@@ -169,7 +171,7 @@ def grabcut_around(view: View, seed: np.ndarray, config: SegmentConfig) -> np.nd
     labels = np.full((h, w), cv2.GC_BGD, np.uint8)
     labels[crop(near.astype(np.uint8), cv2.INTER_NEAREST) > 0] = cv2.GC_PR_BGD
     labels[crop(seed.astype(np.uint8), cv2.INTER_NEAREST) > 0] = cv2.GC_PR_FGD
-    foreground = segment(crop(rgb_bytes(view), cv2.INTER_AREA), labels, config)
+    foreground = run_grabcut(crop(rgb_bytes(view), cv2.INTER_AREA), labels, config)
     if foreground is None:
         return seed
     out = np.zeros((H, W), dtype=bool)
@@ -262,8 +264,9 @@ def outline(surface: Mesh, view: View, size: int) -> np.ndarray:
 
 def derive_masks(views: list[View], bounds: Bounds, config: SegmentConfig, hooks: Hooks | None = None,
                  device="cpu") -> DerivedMasks:  # fmt: skip
-    """Masks for ``views`` (world frame, any size) from GrabCut seeded by ``bounds``, carved into a hull in the
-    bounds box and projected back. Reports each view as stage ``segment``."""
+    """Masks for ``views`` (world frame, any size): GrabCut seeded by ``bounds``, carved into a hull in the bounds
+    box; GrabCut again around that hull's projection, carved into a second hull inside the first, projected back
+    (see the module docstring). Reports each view of each pass as stage ``segment``."""
     try:
         import cv2  # noqa: F401
     except ImportError:
@@ -301,9 +304,9 @@ def derive_masks(views: list[View], bounds: Bounds, config: SegmentConfig, hooks
         refined.append(grabcut_around(view, outline(first, view, config.refine_size), config))
     with torch.no_grad():
         points = lattice(box.minimum, box.maximum, res, device)
-        cells = ((points - torch.as_tensor(bounds.minimum, dtype=points.dtype, device=device)) / torch.as_tensor(
+        first_cell = ((points - torch.as_tensor(bounds.minimum, dtype=points.dtype, device=device)) / torch.as_tensor(
             cell, dtype=points.dtype, device=device)).long().clamp(0, res - 1)  # fmt: skip
-        inside_first = torch.as_tensor(occupied, device=device)[cells[:, 0], cells[:, 1], cells[:, 2]]
+        inside_first = torch.as_tensor(occupied, device=device)[first_cell[:, 0], first_cell[:, 1], first_cell[:, 2]]
         keep = torch.zeros(len(points), dtype=torch.bool, device=device)
         keep[inside_first] = carve(cameras, refined, points[inside_first], dilate_px=1,
                                    dissent=int(config.refine_dissent * len(views)))  # fmt: skip

@@ -177,8 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|" + "---|" * len(header))
     for r in results:
         cells = [r["run"], f"{fmt(r.get('iou'), 3)} / {fmt(r.get('iou_min'), 3)}", fmt(r.get("psnr_in_mask")),
-                 fmt(r.get("outside_area"), 3), fmt(r.get("largest_outside_piece"), 3), fmt(r.get("derived_mask_iou"), 3),
-                 r.get("faces", "—"), fmt(r["wall_s"]), fmt(r["peak_mb"])]  # fmt: skip
+                 fmt(r.get("outside_area"), 3), fmt(r.get("largest_outside_piece"), 3),
+                 fmt(r.get("derived_mask_iou"), 3), r.get("faces", "—"), fmt(r["wall_s"]),
+                 fmt(r["peak_mb"])]  # fmt: skip
         print("| " + " | ".join(str(c) for c in cells) + " |")
     machine = common.machine_info("cpu") if hasattr(common, "machine_info") else {}
     doc = {"benchmark": "real", "data": str(data), "preset": args.preset, "machine": machine, "runs": results}
