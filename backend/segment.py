@@ -36,6 +36,7 @@ from .mesh import Mesh
 from .mesh_render import coverage
 from .progress import Hooks
 from .views import Bounds, View
+from .volume import OccupancyGrid
 
 
 @dataclass(frozen=True)
@@ -119,8 +120,9 @@ def run_grabcut(image: np.ndarray, labels: np.ndarray, config: SegmentConfig) ->
     return ndimage.binary_fill_holes(foreground)
 
 
-def rgb_bytes(view: View) -> np.ndarray:
-    return np.clip(np.asarray(view.rgb, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+def rgb_bytes(rgb: np.ndarray) -> np.ndarray:
+    """A float 0..1 image as uint8."""
+    return np.clip(np.asarray(rgb, dtype=np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def grabcut(view: View, bounds: Bounds, config: SegmentConfig) -> np.ndarray:
@@ -136,7 +138,7 @@ def grabcut(view: View, bounds: Bounds, config: SegmentConfig) -> np.ndarray:
     everything = np.ones((H, W), dtype=bool)
     if region is None or region.all() or not region.any():
         return everything
-    image = rgb_bytes(view)
+    image = rgb_bytes(view.rgb)
     if (w, h) != (W, H):
         image = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
     foreground = run_grabcut(image, np.where(region > 0, cv2.GC_PR_FGD, cv2.GC_BGD), config)
@@ -165,13 +167,14 @@ def grabcut_around(view: View, seed: np.ndarray, config: SegmentConfig) -> np.nd
     scale = min(1.0, config.refine_size / max(r1 - r0, c1 - c0))
     w, h = max(1, round((c1 - c0) * scale)), max(1, round((r1 - r0) * scale))
 
-    def crop(a: np.ndarray, interpolation) -> np.ndarray:
-        return cv2.resize(a[r0:r1, c0:c1], (w, h), interpolation=interpolation)
+    def crop(mask: np.ndarray) -> np.ndarray:
+        return cv2.resize(mask[r0:r1, c0:c1].astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
 
     labels = np.full((h, w), cv2.GC_BGD, np.uint8)
-    labels[crop(near.astype(np.uint8), cv2.INTER_NEAREST) > 0] = cv2.GC_PR_BGD
-    labels[crop(seed.astype(np.uint8), cv2.INTER_NEAREST) > 0] = cv2.GC_PR_FGD
-    foreground = run_grabcut(crop(rgb_bytes(view), cv2.INTER_AREA), labels, config)
+    labels[crop(near)] = cv2.GC_PR_BGD
+    labels[crop(seed)] = cv2.GC_PR_FGD
+    image = cv2.resize(rgb_bytes(view.rgb[r0:r1, c0:c1]), (w, h), interpolation=cv2.INTER_AREA)
+    foreground = run_grabcut(image, labels, config)
     if foreground is None:
         return seed
     out = np.zeros((H, W), dtype=bool)
@@ -304,9 +307,9 @@ def derive_masks(views: list[View], bounds: Bounds, config: SegmentConfig, hooks
         refined.append(grabcut_around(view, outline(first, view, config.refine_size), config))
     with torch.no_grad():
         points = lattice(box.minimum, box.maximum, res, device)
-        first_cell = ((points - torch.as_tensor(bounds.minimum, dtype=points.dtype, device=device)) / torch.as_tensor(
-            cell, dtype=points.dtype, device=device)).long().clamp(0, res - 1)  # fmt: skip
-        inside_first = torch.as_tensor(occupied, device=device)[first_cell[:, 0], first_cell[:, 1], first_cell[:, 2]]
+        in_bounds = (points - torch.as_tensor(bounds.centre, dtype=points.dtype, device=device)) / torch.as_tensor(
+            bounds.size / 2, dtype=points.dtype, device=device)  # fmt: skip
+        inside_first = OccupancyGrid(torch.as_tensor(occupied, device=device)).lookup(in_bounds)
         keep = torch.zeros(len(points), dtype=torch.bool, device=device)
         keep[inside_first] = carve(cameras, refined, points[inside_first], dilate_px=1,
                                    dissent=int(config.refine_dissent * len(views)))  # fmt: skip

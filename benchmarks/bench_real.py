@@ -95,16 +95,11 @@ def score(mesh_file: Path, test_views, all_views) -> dict:
 
 def largest_piece(faces: np.ndarray, areas: np.ndarray, vertex_count: int) -> float:
     """Area of the largest set of ``faces`` connected through shared vertices."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
+    from backend.extract import components
 
     if len(faces) == 0:
         return 0.0
-    n = len(faces)  # a graph of faces and vertices, each face joined to its three vertices
-    rows, cols = np.repeat(np.arange(n), 3), n + faces.reshape(-1)
-    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n + vertex_count,) * 2)
-    labels = connected_components(graph, directed=False)[1][:n]
-    return float(np.bincount(labels, weights=areas).max())
+    return float(np.bincount(components(faces, vertex_count), weights=areas).max())
 
 
 def derived_mask_iou(folder: Path, train) -> float | None:
