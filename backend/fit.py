@@ -228,10 +228,34 @@ def density_prior(hull: OccupancyGrid, config: FitConfig) -> torch.Tensor:
     return config.prior_outside + (config.prior_inside - config.prior_outside) * inside
 
 
+class _TotalVariation(torch.autograd.Function):
+    """mean((∂x planes)²) + mean((∂y planes)²) with the gradient written out: autograd through the slices would
+    zero and fill a plane-sized buffer per slice (8 ms of a 130 ms fit step on a 192² triplane, 2 CPU cores)."""
+
+    @staticmethod
+    def forward(ctx, planes: torch.Tensor) -> torch.Tensor:
+        dx = planes[..., :, 1:] - planes[..., :, :-1]
+        dy = planes[..., 1:, :] - planes[..., :-1, :]
+        ctx.save_for_backward(dx, dy)
+        ctx.shape = planes.shape
+        return dx.square().mean() + dy.square().mean()
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:
+        dx, dy = ctx.saved_tensors
+        grad = dx.new_zeros(ctx.shape)
+        gx = dx * (2 * grad_output / dx.numel())
+        gy = dy * (2 * grad_output / dy.numel())
+        grad[..., :, 1:] += gx
+        grad[..., :, :-1] -= gx
+        grad[..., 1:, :] += gy
+        grad[..., :-1, :] -= gy
+        return grad
+
+
 def total_variation(planes: torch.Tensor) -> torch.Tensor:
-    dx = (planes[..., :, 1:] - planes[..., :, :-1]).square().mean()
-    dy = (planes[..., 1:, :] - planes[..., :-1, :]).square().mean()
-    return dx + dy
+    """Mean squared difference between neighbouring texels of each plane, along rows plus along columns."""
+    return _TotalVariation.apply(planes)
 
 
 @torch.no_grad()

@@ -112,13 +112,17 @@ def _segment_exclusive_cumsum(values: torch.Tensor, ray_index: torch.Tensor, num
 
 
 class _Marcher:
-    """Marches rays (R, 3) through the occupied cells of the box at the packed sampler's step, ``window`` samples
-    at a time, for the rays still ``active``, evaluating the density and carrying each ray's optical depth from
-    window to window; :meth:`advance` keeps the rays that go on. Sample k of ray r lies at
-    near_r + (k + offset_r) · step."""
+    """Marches rays (R, 3) through the occupied cells of the box at the packed sampler's step, for the rays still
+    ``active``, evaluating the density and carrying each ray's optical depth from window to window; :meth:`advance`
+    keeps the rays that go on. Sample k of ray r lies at near_r + (k + offset_r) · step.
+
+    Each window looks ``window`` samples ahead of each ray's cursor but evaluates at most ``evaluate`` of those in
+    occupied cells; the cursor then moves past the last one evaluated. A ray that enters a thick occupied region
+    (an object's interior) so stops being evaluated a few samples after its transmittance falls below the floor,
+    not a whole window later."""
 
     def __init__(self, field: TriplaneField, origins, dirs, occupancy: OccupancyGrid, config: RenderConfig,
-                 jitter: bool, window: int):  # fmt: skip
+                 jitter: bool, window: int, evaluate: int):  # fmt: skip
         device = origins.device
         self.field, self.origins, self.dirs, self.occupancy = field, origins, dirs, occupancy
         self.chunk = config.chunk
@@ -130,17 +134,28 @@ class _Marcher:
         self.optical = torch.zeros(R, dtype=torch.float64, device=device)
         self.active = (self.far > self.near).nonzero().squeeze(1)
         self.index = torch.arange(window, device=device)[None]
-        self.first = 0
+        self.cursor = torch.zeros(R, dtype=torch.int64, device=device)
+        self.evaluate = min(evaluate, window)
+        self._moves = torch.zeros_like(self.active)
 
     def window(self) -> tuple[torch.Tensor, ...]:
-        """The active rays' next window: sample distances t (A, W), points (A, W, 3), valid (A, W) (inside the box
-        and in an occupied cell), σ·step (A, W) (0 where not valid) and the optical depth up to and including each
-        sample (A, W) float64."""
+        """The active rays' next window: sample distances t (A, W), points (A, W, 3), valid (A, W) (inside the box,
+        in an occupied cell and among the first ``evaluate`` such of the window), σ·step (A, W) (0 where not
+        valid) and the optical depth up to and including each sample (A, W) float64."""
         a = self.active
-        t = self.near[a, None] + (self.first + self.index + self.offset[a]) * self.step
+        W = self.index.shape[1]
+        t = self.near[a, None] + (self.cursor[a, None] + self.index + self.offset[a]) * self.step
         valid = t < self.far[a, None]
         pts = self.origins[a, None] + t[..., None] * self.dirs[a, None]
         valid &= self.occupancy.lookup(pts)
+        rank = torch.cumsum(valid, 1, dtype=torch.int32)  # occupied samples up to and including each
+        full = rank[:, -1] > self.evaluate
+        if bool(full.any()):
+            valid &= rank <= self.evaluate
+            last = (rank >= self.evaluate).to(torch.uint8).argmax(1)  # the last sample evaluated, where full
+            self._moves = torch.where(full, last + 1, W)
+        else:
+            self._moves = torch.full_like(a, W)
         sigma = torch.zeros(valid.shape, device=pts.device)
         inside = pts[valid]
         if len(inside):
@@ -151,10 +166,11 @@ class _Marcher:
         return t, pts, valid, tau, depth
 
     def advance(self, going_on: torch.Tensor) -> None:
-        """Keep the active rays where ``going_on`` (A,) and that have samples left."""
-        self.first += self.index.shape[1]
+        """Move the active rays' cursors past the last window and keep those where ``going_on`` (A,) and that
+        have samples left."""
+        self.cursor[self.active] += self._moves
         a = self.active[going_on]
-        self.active = a[self.near[a] + self.first * self.step < self.far[a]]
+        self.active = a[self.near[a] + self.cursor[a] * self.step < self.far[a]]
 
 
 @torch.no_grad()
@@ -166,13 +182,14 @@ def front_samples(
     config: RenderConfig,
     jitter: bool,
     window: int = 64,
+    evaluate: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """The samples worth evaluating with gradients, packed ray by ray in marching order: (ray_index (S,), t (S,),
     points (S, 3), step). A sample is kept when it lies in an occupied cell, in front of the point where its ray's
     transmittance falls below ``transmittance_floor``, and is at least ``min_sample_opacity`` opaque (σ·step). A
     ray is marched no further once its transmittance is below the floor, so the density behind surfaces is never
     evaluated."""
-    march = _Marcher(field, origins, dirs, occupancy, config, jitter, window)
+    march = _Marcher(field, origins, dirs, occupancy, config, jitter, window, evaluate)
     floor = config.transmittance_floor
     limit = -math.log(floor) if floor > 0 else math.inf  # optical depth at the floor
     rays, ts, points = [], [], []
@@ -238,11 +255,12 @@ def stop_distances(
     occupancy: OccupancyGrid,
     config: RenderConfig,
     window: int = 64,
+    evaluate: int = 32,
 ) -> torch.Tensor:
     """Where each ray (R, 3) stops: the distance t of the sample at which its transmittance falls to ½ (the median
     of its weights), +inf where it never does (the pixel shows background). Each ray is marched (no jitter) only
     until it stops, so the density behind a surface is never evaluated."""
-    march = _Marcher(field, origins, dirs, occupancy, config, False, window)
+    march = _Marcher(field, origins, dirs, occupancy, config, False, window, evaluate)
     stops = torch.full((origins.shape[0],), float("inf"), device=origins.device)
     while len(march.active):
         t, _, _, _, depth = march.window()

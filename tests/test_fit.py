@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from backend.cameras import Camera, intrinsics, look_at, ray_bundle
-from backend.fit import gather_pixels
+from backend.fit import gather_pixels, total_variation
 from backend.views import View
 
 
@@ -135,3 +135,14 @@ def test_the_same_inputs_give_the_same_fit_whatever_ran_before():
     assert torch.equal(planes[0], planes[1])
     other = fit(views, replace(config, seed=1), "cpu").field.planes.detach()
     assert not torch.equal(planes[0], other)
+
+
+def test_total_variation_and_its_gradient_match_autograd_through_slices():
+    planes = torch.randn(3, 4, 9, 7, dtype=torch.float64, requires_grad=True)
+    by_slices = (planes[..., :, 1:] - planes[..., :, :-1]).square().mean() + (
+        planes[..., 1:, :] - planes[..., :-1, :]
+    ).square().mean()
+    expected = torch.autograd.grad(2.5 * by_slices, planes)[0]
+    value = total_variation(planes)
+    assert float(value) == pytest.approx(float(by_slices), rel=1e-12)
+    assert torch.allclose(torch.autograd.grad(2.5 * value, planes)[0], expected, rtol=1e-12, atol=1e-15)

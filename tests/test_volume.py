@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from backend.field import FieldConfig, TriplaneField
-from backend.volume import OccupancyGrid, RenderConfig, ray_box, render_rays, stop_distances
+from backend.volume import OccupancyGrid, RenderConfig, front_samples, ray_box, render_rays, stop_distances
 
 
 class ConstantSphere(torch.nn.Module):
@@ -154,3 +154,32 @@ def test_gradients_reach_the_planes_and_mlps():
     assert field.planes.grad.abs().sum() > 0
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in field.mlp_sigma.parameters())
     assert np.isfinite(field.planes.grad.numpy()).all()
+
+
+def test_evaluating_a_few_samples_per_window_keeps_the_same_samples():
+    """A ray that enters a thick occupied region is evaluated a few samples at a time; what it keeps, and where it
+    stops, must be what a whole window at once gives."""
+    field = ConstantSphere(40.0, 0.6)
+    o, d = axis_rays(5, torch.tensor([0.0, 0.2, 0.45, 0.59, 0.8]))
+    grid = OccupancyGrid(full_grid(32).cell_centres().norm(dim=-1) < 0.7)
+    cfg = RenderConfig(samples_per_diagonal=512)
+    counted = []
+    original = field.density
+
+    def density(p):
+        counted.append(len(p))
+        return original(p)
+
+    field.density = density
+    results = {}
+    for evaluate in (64, 5):
+        counted.clear()
+        torch.manual_seed(3)
+        kept = front_samples(field, o, d, grid, cfg, jitter=True, window=64, evaluate=evaluate)
+        stops = stop_distances(field, o, d, grid, cfg, window=64, evaluate=evaluate)
+        results[evaluate] = kept, stops, sum(counted)
+    (kept_all, stops_all, count_all), (kept_few, stops_few, count_few) = results[64], results[5]
+    assert all(torch.equal(a, b) for a, b in zip(kept_all[:3], kept_few[:3]))
+    assert torch.equal(stops_all, stops_few)
+    assert len(kept_all[0]) > 0 and torch.isfinite(stops_all[:3]).all()
+    assert count_few < 0.6 * count_all  # measured 0.55: the sphere's interior behind its surface is not evaluated
