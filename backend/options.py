@@ -202,7 +202,7 @@ OPTIONS: dict[str, Option] = {
         Option("device", str, "where to run: auto is CUDA when torch sees a GPU, else the CPU", default="auto",
                values="auto, cpu, cuda or cuda:N", validate=_check_device, metavar="DEVICE"),
         Option("threads", int, "CPU threads for torch", minimum=1, maximum=1024,
-               unset="the CPUs this process may use (affinity, cgroup quota)"),
+               unset="the CPUs this process may use (affinity, cgroup quota), less those other processes keep busy"),
         Option("mask_source", str, "where each view's mask comes from (see Masks)", flag=False,
                choices=("auto", "alpha", "file", "color_key", "none"), default="auto"),
         Option("background", object, "solid background colour for mask_source color_key", flag=False,

@@ -41,7 +41,7 @@ from .progress import Hooks, StageTimer, cut_short_warning
 from .refine import GTRRefineConfig, RefineConfig, refine_texture, texture_copy
 from .reshape import GeometryConfig, refine_geometry
 from .segment import DerivedMasks, SegmentConfig, derive_masks
-from .threads import use_threads
+from .threads import ThreadPacer, use_threads
 from .views import Job, View, downscale, evenly_spread
 from .volume import OccupancyGrid
 
@@ -248,9 +248,12 @@ def reconstruct(
 
     ``load_weights`` gives the ``gtr`` method its checkpoint. Previews (``hooks.preview``) come after the visual
     hull, after extraction and (``fit``) after geometry refinement, before texture refinement. torch's CPU
-    threads are set for the run (option ``threads``, else the CPUs this process may use)."""
+    threads are set for the run: option ``threads``, else the CPUs this process may use less the cores other
+    processes keep busy, looked at again every second (:class:`backend.threads.ThreadPacer`)."""
     method, checkpoint = choose_method(job.options)
     threads = use_threads(job.options.get("threads"))
+    if job.options.get("threads") is None:  # follow the machine's load (backend.threads)
+        hooks = replace(hooks or Hooks(), pace=ThreadPacer())
     segmented = None
     if any(v.mask is None for v in job.views):
         start = time.perf_counter()

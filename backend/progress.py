@@ -87,6 +87,9 @@ class Hooks:
     cancel_event: threading.Event = field(default_factory=threading.Event)
     preview: PreviewFn = _no_preview
     """Called with a world-frame mesh and a label when a stage has an early result; the default ignores it."""
+    pace: Callable[[], None] | None = None
+    """Called at every cancel point, on the thread that does the work (the pipeline sizes torch's thread pool to
+    the machine's load with it, :class:`backend.threads.ThreadPacer`)."""
 
     @property
     def wants_previews(self) -> bool:
@@ -98,6 +101,8 @@ class Hooks:
         self.progress(stage, step, total, message)
 
     def check_cancel(self) -> None:
+        if self.pace is not None:
+            self.pace()
         if self.cancel_event.is_set():
             raise Cancelled("cancelled by the caller")
 

@@ -473,3 +473,17 @@ def write_scene_as_transforms(scene: SyntheticScene, folder: Path) -> Path:
     gt = Mesh(torch.as_tensor(scene.gt_vertices, dtype=torch.float32), faces)
     export_mesh(gt, folder, ExportConfig(formats=("ply",), stem="gt"))
     return folder
+
+
+def through_lens(image: np.ndarray, K: np.ndarray, coefficients: dict[str, float]) -> np.ndarray:
+    """``image`` (H, W, ...) taken by the pinhole camera ``K`` as the same camera with an OpenCV radial-tangential
+    lens (``coefficients``: ``k1 k2 k3 p1 p2``, missing = 0) would have taken it: each output pixel samples
+    (bilinearly) where OpenCV's own ``undistortPoints``, independent of :mod:`backend.inputs.undistort`, sends it."""
+    import cv2
+
+    H, W = image.shape[:2]
+    cols, rows = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)  # pixel centres, corner convention
+    opencv_order = np.array([coefficients.get(k, 0.0) for k in ("k1", "k2", "p1", "p2", "k3")])
+    pinhole = cv2.undistortPoints(np.stack([cols, rows], -1).reshape(-1, 1, 2), K, opencv_order, P=K)
+    source = pinhole.reshape(H, W, 2).astype(np.float32) - 0.5  # remap indexes pixel centres from 0
+    return cv2.remap(image, source[..., 0], source[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

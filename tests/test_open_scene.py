@@ -19,7 +19,7 @@ from backend.inputs import load_job
 from backend.metrics import mesh_metrics
 from backend.pipeline import MASKS_FOLDER, config_from_options, reconstruct, write_outputs
 from backend.segment import SegmentConfig, derive_masks, isolate_object
-from backend.synthetic import TABLE_Z, SceneConfig, make_scene, scene_sdf, write_scene_as_transforms
+from backend.synthetic import TABLE_Z, SceneConfig, make_scene, scene_sdf, through_lens, write_scene_as_transforms
 from backend.views import Bounds, Job
 
 OPTIONS = {"fit_steps": 400, "geometry_iterations": 20, "refine_iterations": 40, "mesh_resolution": 96}
@@ -139,19 +139,6 @@ LENS = {"camera_model": "OPENCV", "k1": -4.0, "k2": 8.0, "p1": 0.004, "p2": -0.0
 pinhole one."""
 
 
-def through_the_lens(image: np.ndarray, K: np.ndarray) -> np.ndarray:
-    """``image`` (taken by the pinhole camera ``K``) as the same camera with :data:`LENS` would have taken it: each
-    output pixel samples where OpenCV's ``undistortPoints`` (independent of the loader's code) sends it."""
-    import cv2
-
-    H, W = image.shape[:2]
-    cols, rows = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)  # pixel centres, corner convention
-    coefficients = np.array([LENS[k] for k in ("k1", "k2", "p1", "p2")])
-    pinhole = cv2.undistortPoints(np.stack([cols, rows], -1).reshape(-1, 1, 2), K, coefficients, P=K)
-    source = pinhole.reshape(H, W, 2).astype(np.float32) - 0.5  # remap indexes pixel centres from 0
-    return cv2.remap(image, source[..., 0], source[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-
-
 @pytest.fixture(scope="module")
 def lens_folder(scene, tmp_path_factory):
     """The scene's training photos and masks as a transforms.json dataset taken through :data:`LENS`."""
@@ -162,7 +149,7 @@ def lens_folder(scene, tmp_path_factory):
     K = scene.train[0].camera.K
     for frame in doc["frames"]:
         for path in (folder / f"{frame['file_path']}.png", folder / frame["mask_path"]):
-            Image.fromarray(through_the_lens(np.asarray(Image.open(path)), K)).save(path)
+            Image.fromarray(through_lens(np.asarray(Image.open(path)), K, LENS)).save(path)
     (folder / "transforms_train.json").write_text(json.dumps({**doc, **LENS}))
     return folder
 
