@@ -134,7 +134,7 @@ class ThreadPacer:
         return max(0.0, ((busy1 - busy0) - (own1 - own0)) / self.ticks_per_second / (t1 - t0))
 
     def threads_for(self, others: float) -> int:
-        """The thread count beside ``others`` busy cores: one fewer per whole busy core (a half counts)."""
+        """The thread count beside ``others`` busy cores: one fewer per busy core (rounded: 0.6 counts as one)."""
         return max(1, min(self.available, math.floor(self.available - others + 0.5)))
 
     def __call__(self) -> None:

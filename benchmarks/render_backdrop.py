@@ -163,8 +163,7 @@ def camera_entry(camera: bpy.types.Object, scene) -> dict:
     data = camera.data
     lens = CameraData(name=camera.name, type=data.type, lens=data.lens, sensor_width=data.sensor_width,
                       sensor_height=data.sensor_height, sensor_fit=data.sensor_fit)  # fmt: skip
-    render = RenderSettings()
-    render.resolution_x, render.resolution_y = scene.render.resolution_x, scene.render.resolution_y
+    render = RenderSettings(resolution_x=scene.render.resolution_x, resolution_y=scene.render.resolution_y)
     K, width, height = intrinsics(lens, render)
     return {"name": camera.name, "world_to_camera": world_to_camera(np.array(camera.matrix_world)).tolist(),
             "K": K.tolist(), "width": width, "height": height}  # fmt: skip
@@ -196,7 +195,7 @@ def main(argv: list[str]) -> int:
     out = Path(args.output).absolute()
     bpy.ops.wm.read_homefile(use_empty=True)
     scene = bpy.context.scene
-    scene.render.resolution_x, scene.render.resolution_y = 400, 300
+    scene.render.resolution_x, scene.render.resolution_y = args.size, args.size * 3 // 4  # the photos: 4:3
     scene.cycles.max_bounces = 4
     obj = import_mesh(Path(args.mesh))
     stand_on_table(obj)
