@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", "-o", required=True, help="output folder (mesh.npz, mesh.glb, metrics.json; created when writing)"
     )
     rec.add_argument("--formats", default="npz,glb", help="comma-separated: npz,glb,obj,ply (default npz,glb)")
+    rec.add_argument(
+        "--bounds", type=float, nargs=6, metavar=("MIN_X", "MIN_Y", "MIN_Z", "MAX_X", "MAX_Y", "MAX_Z"),
+        help="the box the object lies in, in the input's world units (instead of the job's bounds, or of the box "
+        "estimated for photos without masks)",
+    )
     _add_pipeline_flags(rec)
     rec.set_defaults(run=cmd_reconstruct)
 
@@ -130,6 +135,8 @@ def cmd_reconstruct(args) -> int:
         fix = f"use a comma-separated subset of {','.join(FORMATS)}."
         raise InputError(f"unknown output format(s) {bad}.", fix=fix)
     _check_device(options)
+    if args.bounds is not None:
+        options["bounds"] = {"min": args.bounds[:3], "max": args.bounds[3:]}
     job = load_job(args.input, options_override=options)
     result, config = _run_pipeline(job, args, formats)
     metrics = write_outputs(result, out_dir, config)

@@ -285,7 +285,8 @@ def with_derived_masks(job: Job, config: PipelineConfig, device, hooks: Hooks) -
         warnings.append(
             "the views have no masks and the job no bounds: the object was assumed to lie in a box of size "
             f"{bounds.size[0]:.3g} around {np.round(bounds.centre, 3).tolist()}, where the cameras look. Give "
-            "'bounds' (or a bounds object in Blender) if the mesh misses part of the object or holds background."
+            "bounds (--bounds, job.json 'bounds' or a bounds object in Blender) if the mesh misses part of the "
+            "object or holds background."
         )
     hooks.report("segment", 0, 1, "masks from the photos")
     segmented = derive_masks(job.views, bounds, config.segment, hooks, device)

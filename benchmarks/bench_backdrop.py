@@ -2,19 +2,20 @@
 furnished room, photographed through a distorting lens, its poses in a transforms.json.
 
     python benchmarks/bench_backdrop.py --output bench_out/backdrop [--mesh ../shared/data/meshes/spot/...obj]
-                                        [--runs masks,none] [--preset draft] [--rerender]
+                                        [--runs masks,none,bounds] [--preset draft] [--rerender]
 
 1. :mod:`render_backdrop` renders the scene with Blender (the ``bpy`` module of this environment, in a
    subprocess; reused from ``OUTPUT/scene`` when there): pinhole photos, the object's true masks, cameras and the
    object's mesh.
 2. The photos and masks are taken "through" an OpenCV lens (:data:`LENS`, :func:`backend.synthetic.through_lens`)
    and written as a nerfstudio-style dataset, every 6th view held out: ``transforms_masks.json`` (with
-   ``mask_path``) and ``transforms_none.json`` (photos only). No bounds are given: a user with photos and poses
-   has none, so the pipeline estimates them from the cameras.
-3. Each run reconstructs its transforms file in a fresh subprocess (wall time, peak RSS) and is scored against
-   the object's mesh (Chamfer-L1 and F-score at 1 % of its diagonal; ``backdrop`` = the share of the mesh's
-   area farther than 3 % of the diagonal from the object: table, clutter, walls) and on the held-out views
-   (silhouette IoU of the mesh against the true pinhole masks).
+   ``mask_path``) and ``transforms_none.json`` (photos only).
+3. Runs: ``masks`` (the true masks as input), ``none`` (photos only and no bounds: the pipeline estimates them
+   from the cameras) and ``bounds`` (photos only, ``--bounds`` = the object's box grown 1.3×, what a user
+   would draw). Each run reconstructs its transforms file in a fresh subprocess (wall time, peak RSS) and is
+   scored against the object's mesh (Chamfer-L1 and F-score at 1 % of its diagonal; ``backdrop`` = the share of
+   the mesh's area farther than 3 % of the diagonal from the object: table, clutter, walls) and on the held-out
+   views (silhouette IoU of the mesh against the true pinhole masks).
 Prints a markdown table and writes ``results.json``. Without ``bpy`` or the mesh file it says so and exits 0.
 """
 
@@ -39,6 +40,7 @@ DEFAULT_MESH = common.REPO_ROOT.parent / "shared" / "data" / "meshes" / "spot" /
 LENS = {"camera_model": "OPENCV", "k1": -0.25, "k2": 0.08, "p1": 0.001, "p2": -0.0015}
 """A wide phone lens' barrel distortion: a pixel in the corners of the 320 × 240 photos moves by about 18 px."""
 HOLD_OUT_EVERY = 6
+BOUNDS_GROWTH = 1.3
 BACKDROP_DISTANCE = 0.03
 """Mesh area farther than this fraction of the object's diagonal from the object counts as backdrop."""
 
@@ -85,6 +87,14 @@ def write_dataset(scene: Path, dataset: Path) -> tuple[list[dict], list[dict]]:
     return train, test
 
 
+def user_bounds(scene: Path) -> list[float]:
+    """The object's axis-aligned box grown :data:`BOUNDS_GROWTH`× about its centre: min then max corner."""
+    vertices = np.load(scene / "object.npz")["vertices"]
+    low, high = vertices.min(0), vertices.max(0)
+    centre, half = (low + high) / 2, (high - low) / 2 * BOUNDS_GROWTH
+    return [*(centre - half).tolist(), *(centre + half).tolist()]
+
+
 def score(mesh_file: Path, scene: Path, test: list[dict]) -> dict:
     from PIL import Image
 
@@ -123,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mesh", default=str(DEFAULT_MESH), help="the object's mesh (.obj, .glb, .ply)")
     parser.add_argument("--output", "-o", default="bench_out/backdrop", help="results folder")
-    parser.add_argument("--runs", default="masks,none", help="comma-separated: masks, none")
+    parser.add_argument("--runs", default="masks,none,bounds", help="comma-separated: masks, none, bounds")
     parser.add_argument("--preset", choices=["draft", "standard", "high"], default="draft")
     parser.add_argument("--rerender", action="store_true", help="render the scene again even if OUTPUT/scene has it")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before a run is killed")
@@ -143,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     train, test = write_dataset(out / "scene", out / "dataset")
     results = []
     for run in args.runs.split(","):
-        command = [sys.executable, "-m", "backend", "reconstruct", str(out / "dataset" / f"transforms_{run}.json"),
-                   "--output", str(out / run), "--preset", args.preset, "--quiet"]  # fmt: skip
+        transforms = out / "dataset" / f"transforms_{'masks' if run == 'masks' else 'none'}.json"
+        command = [sys.executable, "-m", "backend", "reconstruct", str(transforms), "--output", str(out / run),
+                   "--preset", args.preset, "--quiet"]  # fmt: skip
+        if run == "bounds":
+            command += ["--bounds", *(str(x) for x in user_bounds(out / "scene"))]
         measured = common.run_measured(command, out / f"{run}.log", args.timeout)
         row = {"run": run, **measured}
         if measured["exit_code"] == 0:

@@ -188,6 +188,16 @@ def test_camera_does_not_see_bounds(tmp_path):
     assert_input_error(proc, out, "v1", "bounds")
 
 
+def test_bounds_flag_replaces_the_jobs_bounds(tmp_path):
+    """--bounds reaches the job: a box no camera sees is an error naming a view (the job's own box is fine)."""
+    job = write_job(tmp_path / "job")
+    out = tmp_path / "out"
+    proc = run_cli("reconstruct", job, "--output", out, "--quiet", "--bounds", "50", "50", "50", "51", "51", "51")
+    assert_input_error(proc, out, "v0", "bounds")
+    proc = run_cli("reconstruct", job, "--output", out, "--quiet", "--bounds", "0", "0", "0", "-1", "1", "1")
+    assert_input_error(proc, out, None, "positive size")
+
+
 def test_no_mask_source(tmp_path):
     root = tmp_path / "job"
     job = write_job(root, bounds=False)
