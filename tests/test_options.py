@@ -38,7 +38,7 @@ def test_cli_flags_are_the_registry(command):
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     flags = {s for a in sub.choices[command]._actions for s in a.option_strings if s.startswith("--")}
-    own = {"reconstruct": {"--output", "--formats"}, "demo": {"--output", "--size"},
+    own = {"reconstruct": {"--output", "--formats", "--bounds"}, "demo": {"--output", "--size"},
            "eval": {"--output", "--train-views", "--test-views", "--volume-views", "--gt-mesh"}}[command]
     registry = {opt.flag_name for opt in OPTIONS.values() if opt.flag}
     assert flags == registry | own | {"--help", "--quiet"}
