@@ -136,7 +136,6 @@ class _Marcher:
         self.index = torch.arange(window, device=device)[None]
         self.cursor = torch.zeros(R, dtype=torch.int64, device=device)
         self.evaluate = min(evaluate, window)
-        self._moves = torch.zeros_like(self.active)
 
     def window(self) -> tuple[torch.Tensor, ...]:
         """The active rays' next window: sample distances t (A, W), points (A, W, 3), valid (A, W) (inside the box,
@@ -149,13 +148,9 @@ class _Marcher:
         pts = self.origins[a, None] + t[..., None] * self.dirs[a, None]
         valid &= self.occupancy.lookup(pts)
         rank = torch.cumsum(valid, 1, dtype=torch.int32)  # occupied samples up to and including each
-        full = rank[:, -1] > self.evaluate
-        if bool(full.any()):
-            valid &= rank <= self.evaluate
-            last = (rank >= self.evaluate).to(torch.uint8).argmax(1)  # the last sample evaluated, where full
-            self._moves = torch.where(full, last + 1, W)
-        else:
-            self._moves = torch.full_like(a, W)
+        valid &= rank <= self.evaluate
+        last = (rank >= self.evaluate).to(torch.uint8).argmax(1)  # the last sample evaluated, where the window is full
+        self._moves = torch.where(rank[:, -1] > self.evaluate, last + 1, W)
         sigma = torch.zeros(valid.shape, device=pts.device)
         inside = pts[valid]
         if len(inside):
