@@ -31,7 +31,7 @@ import torch
 
 from . import raster
 from .cameras import Camera
-from .mesh import Mesh
+from .mesh import Mesh, corners
 
 
 @dataclass
@@ -163,11 +163,10 @@ def _facing(vertices: torch.Tensor, faces: torch.Tensor, camera: Camera) -> torc
     """(M,) bool: the face's counter-clockwise side faces the camera (no gradient)."""
     with torch.no_grad():
         w2c = torch.as_tensor(camera.world_to_camera, dtype=torch.float64, device=vertices.device)
-        q = (vertices.detach().to(torch.float64) @ w2c[:3, :3].T + w2c[:3, 3])[faces]  # (M, 3, 3) camera frame
-        n = torch.cross(q[:, 1] - q[:, 0], q[:, 2] - q[:, 0], dim=-1)
+        q = corners(vertices.detach().to(torch.float64) @ w2c[:3, :3].T + w2c[:3, 3], faces)  # (M, 3, 3) camera
         if camera.orthographic:
-            return n[:, 2] < 0
-        return (n * q[:, 0]).sum(dim=-1) < 0
+            return torch.cross(q[:, 1] - q[:, 0], q[:, 2] - q[:, 0], dim=-1)[:, 2] < 0
+        return (torch.cross(q[:, 1], q[:, 2], dim=-1) * q[:, 0]).sum(dim=-1) < 0  # (q1 − q0) × (q2 − q0) · q0
 
 
 def _render_view(
@@ -198,17 +197,17 @@ def _render_view(
     tid = tid.reshape(-1)
     pix = torch.nonzero(tid >= 0).squeeze(1)
     t = tid[pix]
-    corners = faces[t]  # (P, 3)
+    hit = faces.index_select(0, t)  # (P, 3) the face seen at each covered pixel
 
     xy, z = _project(vertices, camera)
     centre = torch.stack([(pix % W).to(dtype), (pix // W).to(dtype)], dim=1) + 0.5
-    p = xy[corners] - centre[:, None, :]  # (P, 3, 2) corners relative to the pixel centre
+    p = corners(xy, hit) - centre[:, None, :]  # (P, 3, 2) corners relative to the pixel centre
     e0 = p[:, 1, 0] * p[:, 2, 1] - p[:, 1, 1] * p[:, 2, 0]  # twice the signed area opposite each corner
     e1 = p[:, 2, 0] * p[:, 0, 1] - p[:, 2, 1] * p[:, 0, 0]
     e2 = p[:, 0, 0] * p[:, 1, 1] - p[:, 0, 1] * p[:, 1, 0]
     lam = torch.stack([e0, e1, e2], dim=1)
     lam = lam / lam.sum(dim=1, keepdim=True)  # screen-space barycentrics
-    zc = z[corners]
+    zc = corners(z, hit)
     if camera.orthographic:
         bary = lam
         depth_p = (lam * zc).sum(dim=1)
@@ -220,9 +219,9 @@ def _render_view(
 
     if smooth_normals:
         vn = Mesh(vertices, faces).vertex_normals()
-        n_p = (vn[corners] * bary[:, :, None]).sum(dim=1)
+        n_p = (corners(vn, hit) * bary[:, :, None]).sum(dim=1)
     else:
-        v = vertices[corners]
+        v = corners(vertices, hit)
         n_p = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
     n_p = n_p / n_p.norm(dim=-1, keepdim=True).clamp_min(1e-20)
 
@@ -232,7 +231,7 @@ def _render_view(
     normals = torch.zeros((HW, 3), dtype=dtype, device=device).index_put((pix,), n_p)
     channels = [covered[:, None]]
     if attributes is not None:
-        a_p = (attributes[corners] * bary[:, :, None].to(attributes.dtype)).sum(dim=1)
+        a_p = (corners(attributes, hit) * bary[:, :, None].to(attributes.dtype)).sum(dim=1)
         channels.append(torch.zeros((HW, attributes.shape[1]), dtype=a_p.dtype, device=device).index_put((pix,), a_p))
     image = torch.cat(channels, dim=1)  # (HW, 1 + C): coverage first
     if antialias and topology is not None:

@@ -8,6 +8,12 @@ import numpy as np
 import torch
 
 
+def corners(values: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """(M, 3, ...) the per-vertex ``values`` (N, ...) at each face's corners: ``values[faces]``, gathered with
+    ``index_select``, which is several times faster than advanced indexing on the CPU (forward and backward)."""
+    return values.index_select(0, faces.reshape(-1)).reshape(faces.shape[0], 3, *values.shape[1:])
+
+
 @dataclass
 class Mesh:
     """Triangle mesh. ``vertices`` (N, 3) float32; ``faces`` (M, 3) int64, counter-clockwise seen from outside.
@@ -33,13 +39,13 @@ class Mesh:
 
     def face_normals(self) -> torch.Tensor:
         """(M, 3) unit normals (outward for a correctly wound mesh)."""
-        v = self.vertices[self.faces]
+        v = corners(self.vertices, self.faces)
         n = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
         return n / n.norm(dim=-1, keepdim=True).clamp_min(1e-20)
 
     def vertex_normals(self) -> torch.Tensor:
         """(N, 3) area-weighted unit vertex normals."""
-        v = self.vertices[self.faces]
+        v = corners(self.vertices, self.faces)
         n = torch.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0], dim=-1)
         out = torch.zeros_like(self.vertices)
         for k in range(3):

@@ -168,7 +168,7 @@ def _adjacency(topology: EdgeTopology, count: int) -> tuple[torch.Tensor, torch.
 
 def _laplacian(x: torch.Tensor, neighbours: torch.Tensor, degree: torch.Tensor) -> torch.Tensor:
     """Uniform Laplacian: each row minus the mean of its neighbours' rows."""
-    total = torch.zeros_like(x).index_add(0, neighbours[:, 0], x[neighbours[:, 1]])
+    total = torch.zeros_like(x).index_add(0, neighbours[:, 0], x.index_select(0, neighbours[:, 1]))
     return x - total / degree.clamp_min(1)[:, None]
 
 
@@ -177,4 +177,4 @@ def _normal_consistency(vertices: torch.Tensor, faces: torch.Tensor, topology: E
     n = Mesh(vertices, faces).face_normals()
     inner = topology.faces[:, 1] >= 0
     f0, f1 = topology.faces[inner, 0], topology.faces[inner, 1]
-    return (1.0 - (n[f0] * n[f1]).sum(dim=-1)).mean()
+    return (1.0 - (n.index_select(0, f0) * n.index_select(0, f1)).sum(dim=-1)).mean()
