@@ -235,12 +235,12 @@ def _torch_rasterize(
     solid = area.abs() > 1e-12  # twice the signed area
     if not bool(solid.all()):
         tri, p, box, area = tri[solid], p[solid], box[solid], area[solid]
+    if tri.numel() == 0:
+        return _empty(H, W, device)
     i_min, i_max, j_min, j_max = box.unbind(dim=1)
     x0, y0 = p[:, 0, 0], p[:, 0, 1]
     x1, y1 = p[:, 1, 0], p[:, 1, 1]
     x2, y2 = p[:, 2, 0], p[:, 2, 1]
-    if tri.numel() == 0:
-        return _empty(H, W, device)
     # From here on a triangle is known by its place in ``tri`` (its id in ``faces`` is looked up at the end).
     local = torch.arange(tri.numel(), device=device)
 

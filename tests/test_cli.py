@@ -419,6 +419,7 @@ def test_device_out_of_range_or_malformed(tmp_path, device):
     assert "cuda:N" in line or "--device cpu" in line or "cuda:0" in line, line
 
 
+@pytest.mark.slow
 def test_time_limit_warns_and_threads_are_recorded(tmp_path):
     """A preset is a step budget: only an explicit ``--fit-seconds`` stops the fit early, and the result then says
     how much was done (stderr, metrics.json); ``--threads`` sets torch's thread count for the run."""

@@ -49,6 +49,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / (a | b).sum())
 
 
+@pytest.mark.slow
 def test_derived_masks_match_the_objects_coverage_and_warn_when_they_fill_the_bounds(scene):
     derived = derive_masks(photos(scene.train), object_bounds(scene), SegmentConfig())
     ious = [iou(d.mask > 0.5, v.mask > 0.5) for d, v in zip(derived.views, scene.train)]
@@ -85,6 +86,7 @@ def test_the_derived_masks_are_written_beside_the_mesh(scene, result, tmp_path):
     assert metrics["files"]["masks"] == MASKS_FOLDER
 
 
+@pytest.mark.slow
 def test_a_job_without_bounds_says_they_were_estimated(scene):
     """Bounds come from where the cameras look (cheap settings: only the warning is checked)."""
     job = Job(views=photos(scene.train), options={"fit_steps": 5, "geometry_iterations": 0, "refine_iterations": 0,

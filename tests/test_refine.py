@@ -62,6 +62,7 @@ def test_texture_copy_is_independent():
     assert copy.mlp_sigma is field.mlp_sigma  # refinement never trains density: shared, not copied
 
 
+@pytest.mark.slow
 def test_fit_refinement_leaves_the_fitted_field_and_volume_psnr_alone(tiny_scene, monkeypatch):
     fitted = []
     real_extract = pipeline_module.extract

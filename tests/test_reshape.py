@@ -51,6 +51,7 @@ def scores(mesh: Mesh, cube_vertices, cube_faces, views) -> tuple[float, float]:
     return iou, chamfer_l1(a, b)
 
 
+@pytest.mark.slow
 def test_sphere_moves_towards_cube(cube_scene, one_torch_thread):
     cv, cf, views = cube_scene
     start = sphere()

@@ -114,6 +114,7 @@ def _drain_until(jobs, condition, timeout=60.0):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_cancel_mid_job_leaves_no_object_and_no_process(addon, clean_scene, tmp_path):
     import bpy
 
@@ -133,6 +134,7 @@ def test_cancel_mid_job_leaves_no_object_and_no_process(addon, clean_scene, tmp_
     assert backend is None or backend.returncode is not None
 
 
+@pytest.mark.slow
 def test_killed_backend_gives_a_clear_error_and_leaves_the_scene(addon, clean_scene, tmp_path):
     import bpy
 
@@ -171,6 +173,7 @@ def test_bad_views_are_named_and_nothing_is_sent(addon, clean_scene, tmp_path):
     assert jobs.session.backend is None and jobs.session.job is None
 
 
+@pytest.mark.slow
 def test_opening_another_file_cancels_the_job(addon, clean_scene, tmp_path):
     import bpy
 
@@ -184,6 +187,7 @@ def test_opening_another_file_cancels_the_job(addon, clean_scene, tmp_path):
     jobs.release_backend()
 
 
+@pytest.mark.slow
 def test_a_backend_that_does_not_answer_a_cancel_is_killed(addon, clean_scene, tmp_path):
     import bpy
 
