@@ -53,12 +53,17 @@ def cgroup_cpu_limit(path: str = "/sys/fs/cgroup/cpu.max") -> int | None:
         return None
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota."""
+def affinity() -> set[int]:
+    """The CPUs this process may run on (its affinity mask; every CPU where the platform has no such mask)."""
     try:
-        count = len(os.sched_getaffinity(0))
+        return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        count = os.cpu_count() or 1
+        return set(range(os.cpu_count() or 1))
+
+
+def available_cpus() -> int:
+    """How many CPUs this process may use: its affinity mask, capped by a cgroup CPU quota."""
+    count = len(affinity())
     limit = cgroup_cpu_limit()
     return max(1, min(count, limit) if limit else count)
 
@@ -110,10 +115,7 @@ class ThreadPacer:
                  busy: Callable[[set[int]], int | None] = _busy_ticks,
                  own: Callable[[], int | None] = _own_ticks):  # fmt: skip
         self.interval, self.clock, self.busy, self.own = interval, clock, busy, own
-        try:
-            self.cpus = set(os.sched_getaffinity(0))
-        except (AttributeError, OSError):
-            self.cpus = set(range(os.cpu_count() or 1))
+        self.cpus = affinity()
         self.available = available_cpus()
         self.ticks_per_second = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         self._last = self._sample()
