@@ -72,8 +72,8 @@ def test_fixed_step_budget(guard):
 
 def test_quality_guard(guard):
     _, m = guard
-    # Measured 2026-12-01 on the 2-core CI machine (torch's default 2 threads, seed 0) with draft's fit sampling 256
-    # steps per box diagonal and 50 geometry iterations (issue 9's time budget): psnr 29.95, ssim 0.9664, fscore
+    # Measured 2026-12-01 on the 2-core CI machine (torch's default 2 threads, seed 0) with draft's fit taking 256
+    # samples per box diagonal and 50 geometry iterations (issue 9's time budget): psnr 29.95, ssim 0.9664, fscore
     # 0.9657, chamfer_l1 0.0037, volume_psnr 28.82. Before (512 per diagonal, 100 geometry iterations): psnr 30.86,
     # ssim 0.9702, fscore 0.9697, chamfer_l1 0.0034, volume_psnr 28.89; with the TV weight at 0.01: psnr 30.63,
     # fscore 0.9557; with the distortion weight at 0.1: psnr 28.98, fscore 0.8392. Before issue 9, seed 1 instead
