@@ -79,11 +79,14 @@ def ssim(pred, target, window_size: int = 11, sigma: float = 1.5) -> float:
         raise ValueError(f"ssim: shapes differ {tuple(p.shape)} vs {tuple(t.shape)}")
     if p.ndim == 2:
         p, t = p[..., None], t[..., None]
-    H, W, C = p.shape
+    return float(structural_similarity(p.permute(2, 0, 1)[None], t.permute(2, 0, 1)[None], window_size, sigma))
+
+
+def structural_similarity(x: torch.Tensor, y: torch.Tensor, window_size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Mean SSIM of two image batches (N, C, H, W) as a differentiable scalar tensor (see :func:`ssim`)."""
+    C, H, W = x.shape[-3:]
     size = min(window_size, H, W)
-    win = _gaussian_window(size, sigma)[None, None].expand(C, 1, size, size)
-    x = p.permute(2, 0, 1)[None]
-    y = t.permute(2, 0, 1)[None]
+    win = _gaussian_window(size, sigma).to(x)[None, None].expand(C, 1, size, size)
 
     def blur(z: torch.Tensor) -> torch.Tensor:
         return F.conv2d(z, win, groups=C)
@@ -95,7 +98,7 @@ def ssim(pred, target, window_size: int = 11, sigma: float = 1.5) -> float:
     sxy = blur(x * y) - mu_x * mu_y
     num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
     den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
-    return float((num / den).mean())
+    return (num / den).mean()
 
 
 # -------------------------------------------------------------------------------------------------------- geometry

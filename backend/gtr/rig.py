@@ -164,7 +164,7 @@ def _window(image: np.ndarray, x0: int, y0: int, side: int, fill: float) -> np.n
     return out
 
 
-def _resize(image: np.ndarray, size: int, mode: str) -> np.ndarray:
+def resize_image(image: np.ndarray, size: int, mode: str) -> np.ndarray:
     """(S, S[, C]) float32 → (size, size[, C]); pixel-corner convention (``align_corners=False``)."""
     if image.shape[0] == size:
         return image
@@ -202,11 +202,11 @@ def square_view(view: View, size: int) -> View:
     K[0, 2] -= x0
     K[1, 2] -= y0
     cam = Camera(view.camera.world_to_camera.copy(), K, side, side, view.camera.orthographic).scaled(size, size)
-    rgb = _resize(_window(composite_on_white(view.rgb, view.mask), x0, y0, side, 1.0), size, "bilinear")
-    mask = _resize(_window(view.mask.astype(np.float32), x0, y0, side, 0.0), size, "bilinear")
+    rgb = resize_image(_window(composite_on_white(view.rgb, view.mask), x0, y0, side, 1.0), size, "bilinear")
+    mask = resize_image(_window(view.mask.astype(np.float32), x0, y0, side, 0.0), size, "bilinear")
     depth = None
     if view.depth is not None:
-        depth = _resize(_window(view.depth.astype(np.float32), x0, y0, side, 0.0), size, "nearest")
+        depth = resize_image(_window(view.depth.astype(np.float32), x0, y0, side, 0.0), size, "nearest")
     return replace(view, camera=cam, rgb=np.clip(rgb, 0.0, 1.0), mask=np.clip(mask, 0.0, 1.0), depth=depth)
 
 
