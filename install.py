@@ -12,7 +12,7 @@ What it does, step by step:
 2. picks CUDA when ``nvidia-smi`` lists a GPU, else CPU (``--cpu`` / ``--cuda`` force a choice);
 3. installs torch unless an installed build already satisfies the request;
 4. with ``--dev`` on Python 3.11, installs ``bpy`` (Blender as a Python module, for the tests marked ``blender``);
-5. installs this project in editable mode (``pip install -e .``, with ``--dev`` also pytest and ruff);
+5. installs this project in editable mode (``pip install -e .``, with ``--dev`` also pytest, ruff and tensorboard);
 6. on CUDA machines installs nvdiffrast (optional, non-commercial licence) unless ``--no-nvdiffrast``;
 7. writes the environment's interpreter path to ``<venv>/backend-python.txt`` for the Blender add-on;
 8. with ``--blender`` / ``--blender-zip``, builds the add-on (``blender_addon/``, a Blender 4.2+ extension) into a
@@ -311,7 +311,7 @@ def install_backend(python: Path, venv: Path, dev: bool, bpy_spec: str | None, s
         accepted |= {stamp_value({**options, "dev": True, "bpy": spec}) for spec in (None, BPY_SPEC)}
     origin = state["backend_origin"]
     in_place = origin is not None and Path(origin).resolve().parent == (ROOT / "backend").resolve()
-    dev_ok = not dev or all(state["dists"].get(d) for d in ("pytest", "ruff"))
+    dev_ok = not dev or all(state["dists"].get(d) for d in ("pytest", "ruff", "tensorboard"))
     if stamp.exists() and stamp.read_text().strip() in accepted and in_place and dev_ok:
         info("unchanged since the last run (pyproject.toml and options match the stamp); skipping pip")
         return
@@ -606,7 +606,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--dev",
         action="store_true",
-        help=f"also install the test tools (pytest, ruff) and, on Python 3.11, {BPY_SPEC} for the "
+        help=f"also install the test tools (pytest, ruff, tensorboard) and, on Python 3.11, {BPY_SPEC} for the "
         "tests marked blender",
     )
     parser.add_argument("--no-bpy", action="store_true", help="with --dev, do not install bpy")
@@ -665,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     if index_url is None and mode == "cuda" and os.name == "nt" and args.torch_spec is None:
         index_url = DEFAULT_WINDOWS_CUDA_INDEX
 
-    dists = ["pytest", "ruff", "bpy", *NVDIFFRAST_PACKAGES]
+    dists = ["pytest", "ruff", "tensorboard", "bpy", *NVDIFFRAST_PACKAGES]
     state = probe(python, torch_spec, dists)
     if install_torch(python, mode, torch_spec, index_url, state):
         state = probe(python, torch_spec, dists)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m backend reconstruct | demo | eval | convert-checkpoint | serve``.
+"""Command line: ``python -m backend reconstruct | demo | eval | convert-checkpoint | serve | train | dataset``.
 
 Input errors print one line (no traceback) and exit with status 2; a cancel (Ctrl+C) exits with 130. ``serve`` is
 the Blender add-on's backend (JSON lines over stdin/stdout, :mod:`backend.serve`).
@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="the Blender add-on's backend: JSON lines over stdin/stdout")
     serve.set_defaults(run=cmd_serve)
+
+    from .train.commands import add_commands
+
+    add_commands(sub)  # train, dataset check
     return parser
 
 

@@ -48,6 +48,8 @@ class TrainConfig:
     """AdamW betas."""
     grad_clip: float = 1.0
     """Gradient-norm clipping threshold (0: none)."""
+    image_weight: float = 1.0
+    """Weight of the MSE between the rendered and the target colours (on white)."""
     mask_weight: float = 1.0
     """Weight of the MSE between rendered opacity (stage 1) or coverage (stage 2) and the mask."""
     ssim_weight: float = 0.5
@@ -114,8 +116,10 @@ TINY_MODEL = ModelConfig(
     input_size=32,
     samples_per_ray=32,
     mesh_resolution=32,
+    mesh_level=2.0,
 )
-"""Seconds per step on a CPU: for tests and smoke runs."""
+"""A fraction of a second per step on a CPU: for tests and smoke runs (trained briefly, its densities stay low, so
+its surface level is too)."""
 
 SMALL_MODEL = ModelConfig(
     generator=GeneratorConfig(plane_resolution=8, out_channels=16, patch_size=8, model_channels=192, num_layers=6,

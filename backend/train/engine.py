@@ -206,7 +206,7 @@ def train(
             optimizer.step()
             scheduler.step()
             done = step + 1
-            values = {"loss": float(out["loss"]), **{k: v for k, v in out.items() if k not in ("loss", "preview")}}
+            values = {"loss": float(out["loss"].detach()), **{k: v for k, v in out.items() if k not in ("loss", "preview")}}
             if done % config.log_every == 0 or done == config.steps:
                 values = _mean_over_processes(values, process)
                 elapsed = time.perf_counter() - timer

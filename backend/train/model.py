@@ -81,10 +81,10 @@ class TrainModel(nn.Module):
         V, P = batch.patches
         as_images = lambda x: x.reshape(x.shape[0] * V, P, P, 3).permute(0, 3, 1, 2)
         ssim = structural_similarity(as_images(out.rgb), as_images(batch.rgb))
-        loss = mse + c.mask_weight * mask + c.ssim_weight * (1 - ssim)
+        loss = c.image_weight * mse + c.mask_weight * mask + c.ssim_weight * (1 - ssim)
         psnr = -10 * torch.log10(mse.detach().clamp_min(1e-10))
         preview = torch.stack([as_images(batch.rgb)[0], as_images(out.rgb.detach())[0]])
-        mse, mask, ssim = float(mse), float(mask), float(ssim)
+        mse, mask, ssim = float(mse.detach()), float(mask.detach()), float(ssim.detach())
         return {"loss": loss, "mse": mse, "mask": mask, "ssim": ssim, "psnr": float(psnr),
                 "preview": preview}
 
@@ -109,7 +109,7 @@ class TrainModel(nn.Module):
             image = out.attributes + (1 - out.mask[..., None])  # on white
             mse = F.mse_loss(image, batch.rgb[b])
             mask = F.mse_loss(out.mask, batch.mask[b])
-            total = mse + c.mask_weight * mask
+            total = c.image_weight * mse + c.mask_weight * mask
             terms["mse"].append(float(mse.detach()))
             terms["mask"].append(float(mask))
             seen = (out.triangle_id >= 0) & (batch.mask[b] > 0.5)
