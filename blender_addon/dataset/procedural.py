@@ -1,9 +1,11 @@
-"""Procedural objects: 1–3 primitives combined by boolean union / difference, with random procedural materials.
+"""Procedural objects: 1–3 primitives combined by booleans, with random procedural materials.
 
 Object ``index`` of seed ``seed`` is always the same object (its own random stream, independent of how many
-objects a run makes). Each primitive (cube, UV sphere, ico sphere, cylinder, cone, torus) gets a random non-uniform
-scale, a random rotation and, after the first, a random offset; Boolean modifiers (exact solver, the operand's
-materials transferred) are applied one after the other. Each primitive has its own material: a Principled BSDF
+objects a run makes) — up to float rounding and vertex order, as the exact boolean solver runs on threads. Each
+primitive (cube, UV sphere, ico sphere, cylinder, cone, torus) gets a random non-uniform scale, a random rotation
+and, after the first, an offset of 0.2–0.45 in a random direction; Boolean modifiers (union, difference, sometimes
+intersection; exact solver, the operand's materials transferred) are applied one after the other, and a result
+with no faces left keeps the shape from before. Each primitive has its own material: a Principled BSDF
 whose base colour is a plain random colour or a noise / checker / wave / Voronoi texture (object coordinates)
 between two random colours, with random roughness and sometimes some metal.
 """
@@ -23,18 +25,21 @@ from .layout import procedural_name
 
 PRIMITIVES = ("cube", "uv_sphere", "ico_sphere", "cylinder", "cone", "torus")
 TEXTURES = ("plain", "noise", "checker", "wave", "voronoi")
-OPERATIONS = ("UNION", "DIFFERENCE")
+OPERATIONS = ("UNION", "DIFFERENCE", "INTERSECT")
+OPERATION_WEIGHTS = (5, 4, 1)
+TEXTURE_SCALES = {"noise": (1.5, 5.0), "checker": (2.0, 6.0), "wave": (1.5, 5.0), "voronoi": (3.0, 8.0)}
+"""Range of each texture's Scale input (object coordinates span about 1): a few features across the object."""
 
 
 def build(scene: bpy.types.Scene, seed: int, index: int) -> bpy.types.Object:
     """Add procedural object ``index`` of ``seed`` to ``scene`` (one mesh object, modifiers applied)."""
     digest = hashlib.sha256(f"gtr-procedural/{seed}/{index}".encode()).digest()
     rng = random.Random(int.from_bytes(digest[:8], "big"))
-    parts = rng.choices((1, 2, 3), weights=(3, 4, 3))[0]
+    parts = rng.choices((1, 2, 3), weights=(2, 5, 3))[0]
     base = _primitive(scene, rng, f"{procedural_name(index)}", offset=False)
     for part in range(1, parts):
         operand = _primitive(scene, rng, f"{procedural_name(index)} part {part}", offset=True)
-        _apply_boolean(base, operand, rng.choice(OPERATIONS))
+        _apply_boolean(base, operand, rng.choices(OPERATIONS, weights=OPERATION_WEIGHTS)[0])
     base.data.set_sharp_from_angle(angle=math.radians(35.0))  # smooth curved faces, sharp creases
     return base
 
@@ -44,7 +49,9 @@ def _primitive(scene, rng: random.Random, name: str, offset: bool) -> bpy.types.
     low, high = (0.35, 0.8) if offset else (0.5, 1.0)
     scale = Matrix.Diagonal((rng.uniform(low, high), rng.uniform(low, high), rng.uniform(low, high), 1.0))
     rotation = Euler([rng.uniform(0.0, 2.0 * math.pi) for _ in range(3)]).to_matrix().to_4x4()
-    shift = Vector([rng.uniform(-0.35, 0.35) for _ in range(3)]) if offset else Vector((0.0, 0.0, 0.0))
+    shift = Vector((0.0, 0.0, 0.0))
+    if offset:  # towards the first primitive's surface, so the operand sticks out of it or cuts into it
+        shift = Vector([rng.gauss(0.0, 1.0) for _ in range(3)]).normalized() * rng.uniform(0.2, 0.45)
     bm = bmesh.new()
     try:
         _add_shape(bm, kind)
@@ -144,7 +151,7 @@ def _material(rng: random.Random, name: str) -> bpy.types.Material:
     }[texture]
     node = nodes.new(node_type)
     links.new(coordinates.outputs["Object"], node.inputs["Vector"])
-    node.inputs["Scale"].default_value = rng.uniform(2.0, 8.0)
+    node.inputs["Scale"].default_value = rng.uniform(*TEXTURE_SCALES[texture])
     if texture == "checker":
         node.inputs["Color1"].default_value, node.inputs["Color2"].default_value = first, second
         links.new(node.outputs["Color"], shader.inputs["Base Color"])

@@ -80,6 +80,10 @@ def render_dataset(
             summary.skipped[item.name] = str(problem)
             log(f"{prefix}: SKIPPED: {problem}")
             continue
+        except RuntimeError as error:  # a Blender operator failed (the render itself): this object only
+            summary.skipped[item.name] = f"rendering failed: {error}"
+            log(f"{prefix}: SKIPPED: rendering failed: {error}")
+            continue
         summary.device = summary.device or device_used
         summary.rendered.append(item.name)
         summary.views_rendered += rendered

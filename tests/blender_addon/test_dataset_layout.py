@@ -6,6 +6,7 @@ import json
 import math
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -174,3 +175,23 @@ def test_missing_views_and_settings_conflicts(tmp_path):
     assert layout.settings_conflict(folder, settings, "meshes/obj.ply") is None
     conflict = layout.settings_conflict(folder, RenderSettings(views=3, size=16), "meshes/obj.ply")
     assert conflict is not None and "size 8 → 16" in conflict
+
+
+def test_the_committed_procedural_fixture():
+    """tests/data/procedural_tiny (see its PROVENANCE.md) is a complete 8 × 8-view dataset at 64²."""
+    root = Path(__file__).resolve().parents[1] / "data" / "procedural_tiny"
+    index = json.loads((root / "index.json").read_text())
+    assert index["format"] == "gtr-dataset/1"
+    assert [o["name"] for o in index["objects"]] == [f"procedural_{k:04d}" for k in range(8)]
+    for entry in index["objects"]:
+        assert entry["views"] == 8 and entry["source"] == f"procedural seed 0 index {int(entry['name'][-4:])}"
+        data = json.loads((root / entry["path"] / "transforms.json").read_text())
+        assert len(data["frames"]) == 8 and layout.missing_views(root / entry["path"], 8) == []
+        frame = data["frames"][0]
+        assert read_png(root / entry["path"] / frame["file_path"]).shape == (64, 64, 4)
+        depth = read_png(root / entry["path"] / frame["depth_file_path"])
+        assert depth.shape == (64, 64, 1) and depth.dtype == np.uint16 and depth.max() > 0
+        assert read_png(root / entry["path"] / frame["normal_file_path"]).shape == (64, 64, 3)
+    dataset = pytest.importorskip("backend.dataset")
+    report = dataset.check_dataset(root)
+    assert report.ok and len(report.good) == 8, report
