@@ -77,7 +77,8 @@ def import_mesh(path: Path) -> None:
 def normalise(scene: bpy.types.Scene) -> Surface:
     """Move and scale the scene's objects so the box around their rendered geometry is centred at the origin with
     its largest side 1; returns the normalised surface. Raises :class:`MeshProblem` when there is no geometry or
-    its box is degenerate. Imported cameras and lights are hidden from the render."""
+    its box is degenerate. Imported cameras and lights are hidden from the render; the top-level objects keep the
+    pose of the current frame and lose their animation."""
     for obj in scene.objects:
         if obj.type in {"CAMERA", "LIGHT", "LIGHT_PROBE", "SPEAKER"}:
             obj.hide_render = True
@@ -95,6 +96,7 @@ def normalise(scene: bpy.types.Scene) -> Surface:
     transform = Matrix.Diagonal((scale, scale, scale, 1.0)) @ Matrix.Translation(-centre)
     for obj in scene.objects:
         if obj.parent is None:
+            obj.animation_data_clear()  # an imported animation would put the object back on re-evaluation
             obj.matrix_world = transform @ obj.matrix_world
     surface = gather_surface(_depsgraph(scene, view_layer))
     low, high = surface.bounds

@@ -338,3 +338,34 @@ def test_runs_as_a_blender_script(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "[1/1] procedural_0000: view 1/1" in result.stdout
     assert (output / "procedural_0000" / "normal" / "000.png").is_file()
+
+
+def test_the_shared_textured_meshes_render(shared_data, tmp_path):
+    """The shared folder's OBJ + MTL + texture and GLB meshes import with their textures and render."""
+    meshes = shared_data / "meshes"
+    if not meshes.is_dir():
+        pytest.skip(f"no meshes in {shared_data}")
+    code, lines = _run(["--meshes", meshes, "--output", tmp_path / "dataset", "--views", "1", "--size", "24",
+                        "--samples", "2"])  # fmt: skip
+    assert code == 0, lines
+    assert not [line for line in lines if "SKIPPED" in line], lines
+    index = json.loads((tmp_path / "dataset" / "index.json").read_text())
+    assert {"spot", "duck_glb_threejs_reexport"} <= {o["name"] for o in index["objects"]}
+    for entry in index["objects"]:
+        rgba = read_png(tmp_path / "dataset" / entry["path"] / "rgba" / "000.png").astype(float)
+        covered = rgba[..., 3] == 255
+        assert covered.sum() > 20
+        assert rgba[..., :3][covered].std(axis=0).max() > 5  # textured or shaded, not one flat colour
+
+
+def test_a_missing_texture_is_a_reason_to_skip(tmp_path):
+    from blender_addon.dataset import scene
+
+    (tmp_path / "a.mtl").write_text("newmtl skin\nKd 1 1 1\nmap_Kd skin.png\n")
+    (tmp_path / "a.obj").write_text("mtllib a.mtl\nv 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\n"
+                                    "usemtl skin\nf 1/1 2/2 3/3\n")  # fmt: skip
+    scene.empty_scene()
+    with pytest.raises(scene.MeshProblem, match=r"uses the texture .*skin\.png.*missing"):
+        scene.import_mesh(tmp_path / "a.obj")
+    with pytest.raises(scene.MeshProblem, match="unsupported file type '.fbx'"):
+        scene.import_mesh(tmp_path / "a.fbx")
