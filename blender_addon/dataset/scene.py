@@ -17,7 +17,7 @@ from pathlib import Path
 
 import bpy
 import numpy as np
-from mathutils import Matrix
+from mathutils import Matrix, Vector
 
 from .rig import RenderSettings, View
 from .surface import Surface, gather_surface
@@ -125,10 +125,7 @@ def light_and_camera(scene: bpy.types.Scene) -> bpy.types.Object:
     sun = bpy.data.objects.new("dataset sun", bpy.data.lights.new("dataset sun", "SUN"))
     sun.data.energy = SUN_STRENGTH
     sun.data.angle = math.radians(10.0)
-    towards = np.asarray(SUN_DIRECTION) / np.linalg.norm(SUN_DIRECTION)
-    from mathutils import Vector
-
-    sun.rotation_euler = (-Vector(towards)).to_track_quat("-Z", "Y").to_euler()  # lights shine along their −Z
+    sun.rotation_euler = (-Vector(SUN_DIRECTION).normalized()).to_track_quat("-Z", "Y").to_euler()  # shines along −Z
     scene.collection.objects.link(sun)
 
     data = bpy.data.cameras.new("dataset camera")
