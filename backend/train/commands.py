@@ -26,7 +26,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--config", default="small",
                     help=f"a preset ({', '.join(PRESETS)}) or a JSON file of settings (default small)")
     tr.add_argument("--stage", type=int, choices=(1, 2), default=None, help="1: NeRF renders, 2: DiffMC mesh renders")
-    tr.add_argument("--init", default=None, help="start from this gtr checkpoint (stage 2: stage 1's model.safetensors)")
+    tr.add_argument("--init", default=None,
+                    help="start from this gtr checkpoint (stage 2: stage 1's model.safetensors)")
     tr.add_argument("--steps", type=int, default=None, help="optimiser steps of the run")
     tr.add_argument("--batch-size", type=int, default=None, help="objects per process per step")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

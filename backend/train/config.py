@@ -36,6 +36,9 @@ class TrainConfig:
     """Stage 1: volume-rendering samples per ray (bin midpoints between the box's entry and exit)."""
     mesh_resolution: int = 64
     """Stage 2: marching-cubes grid side over [-1, 1]³."""
+    mesh_level: float | None = None
+    """Stage 2: the density level of the surface (None: the model's ``mesh_level``). Stage 2 shapes the surface at
+    this level and the trained model carries it, so inference extracts the same surface."""
     learning_rate: float = 4e-4
     """Peak AdamW learning rate, reached after the warm-up."""
     min_learning_rate: float = 0.0

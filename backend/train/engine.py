@@ -163,6 +163,8 @@ def train(
     if init is not None:
         weights = read_checkpoint(init)
         config = replace(config, model=weights.config)
+    if config.mesh_level is not None:
+        config = replace(config, model=replace(config.model, mesh_level=config.mesh_level))
     torch.manual_seed(config.seed)
     model = TrainModel(config).to(process.device)
     if init is not None:
@@ -206,7 +208,8 @@ def train(
             optimizer.step()
             scheduler.step()
             done = step + 1
-            values = {"loss": float(out["loss"].detach()), **{k: v for k, v in out.items() if k not in ("loss", "preview")}}
+            values = {k: v for k, v in out.items() if k not in ("loss", "preview")}
+            values = {"loss": float(out["loss"].detach()), **values}
             if done % config.log_every == 0 or done == config.steps:
                 values = _mean_over_processes(values, process)
                 elapsed = time.perf_counter() - timer

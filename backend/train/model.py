@@ -111,21 +111,21 @@ class TrainModel(nn.Module):
             mask = F.mse_loss(out.mask, batch.mask[b])
             total = c.image_weight * mse + c.mask_weight * mask
             terms["mse"].append(float(mse.detach()))
-            terms["mask"].append(float(mask))
+            terms["mask"].append(float(mask.detach()))
             seen = (out.triangle_id >= 0) & (batch.mask[b] > 0.5)
             if batch.depth is not None:
                 both = seen & (batch.depth[b] > 0)
                 if both.any():
                     depth = (out.depth - batch.depth[b]).abs()[both].mean()
                     total = total + c.depth_weight * depth
-                    terms["depth"].append(float(depth))
+                    terms["depth"].append(float(depth.detach()))
             if batch.normals is not None:
                 both = seen & (batch.normals[b].abs().sum(-1) > 0)
                 if both.any():
                     cosine = (out.normals * batch.normals[b]).sum(-1)[both]
                     normal = (1 - cosine).mean()
                     total = total + c.normal_weight * normal
-                    terms["normal"].append(float(normal))
+                    terms["normal"].append(float(normal.detach()))
             loss = loss + total / planes.shape[0]
             if preview is None:
                 preview = torch.stack([batch.rgb[b][0], image[0].detach().clamp(0, 1)]).permute(0, 3, 1, 2)
