@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..diff_render import render
-from ..field import grid_points
+from ..field import density_grid
 from ..gtr.checkpoint import Weights
 from ..gtr.config import ModelConfig
 from ..gtr.decoder import GTRField
@@ -90,21 +90,19 @@ class TrainModel(nn.Module):
 
     def _stage2(self, planes: torch.Tensor, batch: Batch) -> dict:
         c = self.config
-        G = c.mesh_resolution
-        points = grid_points(G, planes.device)
+        densities = density_grid(self.field.on(planes), c.mesh_resolution, grad=True)  # (B, G, G, G)
         terms = {"mse": [], "mask": [], "depth": [], "normal": []}
         faces_total, preview = 0, None
         loss = planes.new_zeros(())
         for b in range(planes.shape[0]):
-            field = self.field.on(planes[b])
-            density = field.density(points).view(G, G, G)
+            density = densities[b]
             verts, faces = extract_mesh(density, c.model.mesh_level)
             if faces.shape[0] == 0:
                 # No surface yet: pull the density up where the masks see the object's box, so one appears.
                 loss = loss + (F.relu(c.model.mesh_level - density.amax()) / c.model.mesh_level) / planes.shape[0]
                 continue
             faces_total += faces.shape[0]
-            colours = field.color(verts)
+            colours = self.field.on(planes[b]).color(verts)
             out = render(verts, faces, batch.cameras[b], attributes=colours, smooth_normals=True)
             image = out.attributes + (1 - out.mask[..., None])  # on white
             mse = F.mse_loss(image, batch.rgb[b])
