@@ -166,15 +166,17 @@ def check_object(entry: ObjectEntry) -> list[str]:
         warnings.append(f"{entry.name}: the index says {entry.views} views, transforms.json has "
                         f"{len(views.cameras)}")
     if len(views.cameras) < 2:
-        raise InputError(f"{entry.name} has {len(views.cameras)} view(s); training needs at least 2")
+        raise InputError(f"{entry.name} has {len(views.cameras)} view(s); training needs at least 2",
+                         fix="re-render the object with more views.")
     empty = [k for k, m in enumerate(views.mask) if m.max() < 0.5]
     if empty:
-        raise InputError(f"{entry.name}: the object is not visible in view(s) {empty[:8]}")
+        raise InputError(f"{entry.name}: the object is not visible in view(s) {empty[:8]}",
+                         fix="check the object's bounds and cameras, or re-render it.")
     if views.depth is None and any(f.get("depth_file_path") for f in data["frames"]):
         warnings.append(f"{entry.name}: only some frames have depth; depth is not used")
     for name, values in (("depth", views.depth), ("normals", views.normals)):
         if values is not None and not np.isfinite(values).all():
-            raise InputError(f"{entry.name}: its {name} maps hold non-finite values")
+            raise InputError(f"{entry.name}: its {name} maps hold non-finite values", fix="re-render the object.")
     return warnings
 
 

@@ -82,18 +82,21 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.stage not in (1, 2):
-            raise InputError(f"stage must be 1 or 2, got {self.stage}")
+            raise InputError(f"stage must be 1 or 2, got {self.stage}", fix="use --stage 1 or --stage 2.")
         if self.precision not in ("auto", "bf16", "fp32"):
-            raise InputError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+            raise InputError(f"precision must be auto, bf16 or fp32, got {self.precision!r}",
+                             fix="set precision to auto, bf16 or fp32.")
         if self.patch_size > self.render_size:
-            raise InputError(f"patch_size {self.patch_size} exceeds render_size {self.render_size}")
+            raise InputError(f"patch_size {self.patch_size} exceeds render_size {self.render_size}",
+                             fix="choose a patch_size no larger than render_size.")
         if self.model.input_size % self.model.generator.patch_size:
             raise InputError(f"input_size {self.model.input_size} is not a multiple of the generator's patch size "
-                             f"{self.model.generator.patch_size}")
+                             f"{self.model.generator.patch_size}", fix="choose an input_size the patches tile.")
         for name in ("steps", "batch_size", "input_views", "supervision_views", "render_size", "patch_size",
                      "samples_per_ray", "mesh_resolution", "checkpoint_every", "log_every", "preview_every"):
             if getattr(self, name) < 1:
-                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}",
+                                 fix=f"set {name} to 1 or more.")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,5 +162,6 @@ def load_config(name_or_path: str, overrides: dict | None = None) -> TrainConfig
         try:
             config = TrainConfig.from_dict(json.loads(path.read_text()))
         except (ValueError, TypeError) as exc:
-            raise InputError(f"cannot read training config {path} ({exc})") from None
+            raise InputError(f"cannot read training config {path} ({exc})",
+                             fix="write a JSON object of TrainConfig fields.") from None
     return replace(config, **(overrides or {}))

@@ -91,7 +91,8 @@ class TrainingSet:
             try:
                 views = load_object(entry, size)
                 if len(views.cameras) < 2:
-                    raise InputError(f"{len(views.cameras)} view(s); training needs at least 2")
+                    raise InputError(f"{len(views.cameras)} view(s); training needs at least 2",
+                                     fix="re-render the object with more views.")
             except (InputError, OSError, ValueError, KeyError) as exc:
                 self.broken[entry.name] = str(exc)
                 log.warning("skipping broken object %s: %s", entry.name, exc)
