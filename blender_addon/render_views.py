@@ -298,7 +298,7 @@ def _render_one(scene, view_layer, camera, scratch_path: Path, path: Path) -> No
 
 
 def _apply_render_settings(scene: bpy.types.Scene, resolution: int, samples: int, denoise: bool) -> None:
-    render, image = scene.render, scene.render.image_settings
+    render = scene.render
     width = render.resolution_x * render.resolution_percentage / 100.0
     height = render.resolution_y * render.resolution_percentage / 100.0
     scale = resolution / max(width, height)
@@ -310,13 +310,20 @@ def _apply_render_settings(scene: bpy.types.Scene, resolution: int, samples: int
     render.resolution_x = max(1, round(width * scale))
     render.resolution_y = max(1, round(height * scale))
     render.resolution_percentage = 100
-    render.film_transparent = True
     render.use_single_layer = True
+    render.use_multiview = False
+    plain_rgba_png_output(scene)
+
+
+def plain_rgba_png_output(scene: bpy.types.Scene) -> None:
+    """Renders written as they are: 8-bit RGBA PNG on a transparent film, the "Standard" sRGB view transform, and
+    no compositing, sequencer, border, stamp, motion blur or dither (the dataset renderer uses it too)."""
+    render, image = scene.render, scene.render.image_settings
+    render.film_transparent = True
     render.use_persistent_data = True  # keeps the BVH between views: 2.2× faster per view on a 1M-face mesh
     render.use_compositing = False
     render.use_sequencer = False
     render.use_border = False
-    render.use_multiview = False
     render.use_stamp = False
     render.use_motion_blur = False
     render.dither_intensity = 0.0

@@ -19,6 +19,7 @@ import bpy
 import numpy as np
 from mathutils import Matrix, Vector
 
+from ..render_views import plain_rgba_png_output
 from .rig import RenderSettings, View
 from .surface import Surface, gather_surface
 
@@ -139,7 +140,7 @@ def light_and_camera(scene: bpy.types.Scene) -> bpy.types.Object:
 
 def configure_render(scene: bpy.types.Scene, settings: RenderSettings, device: str, threads: int) -> str:
     """Cycles settings for the dataset's images; returns what renders them ("CPU" or e.g. "GPU (OPTIX: H200)")."""
-    render, image = scene.render, scene.render.image_settings
+    render = scene.render
     render.engine = "CYCLES"
     cycles = scene.cycles
     cycles.samples = settings.samples
@@ -159,28 +160,7 @@ def configure_render(scene: bpy.types.Scene, settings: RenderSettings, device: s
     render.resolution_x = render.resolution_y = settings.size
     render.resolution_percentage = 100
     render.pixel_aspect_x = render.pixel_aspect_y = 1.0
-    render.film_transparent = True
-    render.use_persistent_data = True
-    render.use_compositing = False
-    render.use_sequencer = False
-    render.use_border = False
-    render.use_stamp = False
-    render.use_motion_blur = False
-    render.dither_intensity = 0.0
-    render.use_file_extension = True
-    image.media_type = "IMAGE"
-    image.file_format = "PNG"
-    image.color_mode = "RGBA"
-    image.color_depth = "8"
-    image.compression = 15
-    image.color_management = "FOLLOW_SCENE"
-    scene.display_settings.display_device = "sRGB"
-    view = scene.view_settings
-    view.view_transform = "Standard"
-    view.look = "None"
-    view.exposure = 0.0
-    view.gamma = 1.0
-    view.use_curve_mapping = False
+    plain_rgba_png_output(scene)
     return used
 
 
