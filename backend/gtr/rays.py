@@ -40,6 +40,17 @@ def generator_input(
     return x.permute(0, 3, 1, 2).unsqueeze(0).contiguous()
 
 
+def image_input(
+    rgb: np.ndarray, alpha: np.ndarray, cameras: list[Camera]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Square views as the generator sees them: RGB on white (V, H, W, 3) in [0, 1], truncated to 8 bits like the
+    official loader; alpha (V, H, W); their cameras → (RGB, alpha, generator input (1, V, 10, H, W)) tensors."""
+    rgb_t = torch.from_numpy(np.stack([truncate_8bit(image) for image in rgb]).astype(np.float32) / 255.0)
+    alpha_t = torch.from_numpy(np.asarray(alpha, dtype=np.float32))
+    c2w, intrinsics = camera_tensors(cameras)
+    return rgb_t, alpha_t, generator_input(rgb_t, alpha_t, c2w, intrinsics)
+
+
 def camera_tensors(cameras: list[Camera]) -> tuple[torch.Tensor, torch.Tensor]:
     """Camera→world (V, 4, 4) (float64 inverse, then float32, as the official loader) and [fx, fy, cx, cy] (V, 4)."""
     c2w = torch.from_numpy(np.stack([c.camera_to_world for c in cameras])).float()

@@ -30,7 +30,7 @@ from ..views import Job, View
 from .checkpoint import Weights, build_model
 from .geometry import extract_mesh
 from .precision import Precision, float32_precision
-from .rays import camera_tensors, generator_input, truncate_8bit
+from .rays import image_input
 from .rig import CanonicalFrame, RigConfig, canonical_frame, require_masks, rig_warnings, square_view
 
 
@@ -76,11 +76,7 @@ class GTRResult:
 def model_inputs(views: list[View]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Square canonical views (RGB already on white) → RGB (V, H, W, 3) truncated to 8 bits like the official
     loader, alpha (V, H, W), generator input (1, V, 10, H, W)."""
-    rgb = np.stack([truncate_8bit(v.rgb) for v in views]).astype(np.float32) / 255.0
-    alpha = np.stack([np.asarray(v.mask, dtype=np.float32) for v in views])
-    c2w, intrinsics = camera_tensors([v.camera for v in views])
-    rgb_t, alpha_t = torch.from_numpy(rgb), torch.from_numpy(alpha)
-    return rgb_t, alpha_t, generator_input(rgb_t, alpha_t, c2w, intrinsics)
+    return image_input(np.stack([v.rgb for v in views]), np.stack([v.mask for v in views]), [v.camera for v in views])
 
 
 def reconstruct_gtr(

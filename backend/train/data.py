@@ -18,7 +18,7 @@ import torch
 
 from ..dataset import ObjectEntry, ObjectViews, load_object
 from ..errors import InputError
-from ..gtr.rays import camera_tensors, generator_input, pixel_rays, truncate_8bit
+from ..gtr.rays import camera_tensors, image_input, pixel_rays
 from .config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,4 @@ def choose_views(count: int, inputs: int, supervision: int, rng: np.random.Gener
 
 def model_input(views: ObjectViews, chosen: list[int]) -> torch.Tensor:
     """(1, V, 10, S, S) generator input of the chosen views, 8-bit like the inference loader (``gtr.run``)."""
-    rgb = torch.from_numpy(np.stack([truncate_8bit(views.rgb[k]) for k in chosen]).astype(np.float32) / 255.0)
-    alpha = torch.from_numpy(views.mask[chosen])
-    c2w, K = camera_tensors([views.cameras[k] for k in chosen])
-    return generator_input(rgb, alpha, c2w, K)
+    return image_input(views.rgb[chosen], views.mask[chosen], [views.cameras[k] for k in chosen])[2]
