@@ -2,6 +2,7 @@
 
     python benchmarks/bench_renders.py --output bench_out/renders [--data ../shared/data/renders] [--preset draft]
     python benchmarks/bench_renders.py --output /tmp/smoke --smoke    # first dataset, tiny preset: plumbing only
+    python benchmarks/bench_renders.py --output bench_out/gtr --method gtr --checkpoint RUN/model.safetensors
 
 A dataset folder is any sub-folder of ``--data`` holding ``transforms_train.json``. Each one is reconstructed in a
 fresh subprocess (wall time, peak RSS) and scored on its test views (``report.json``). Prints a markdown table
@@ -41,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default=None, help="comma-separated dataset names (default: all)")
     parser.add_argument("--preset", choices=["draft", "standard", "high"], default="draft")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--method", choices=["fit", "gtr"], default="fit", help="reconstruction method (default fit)")
+    parser.add_argument("--checkpoint", default=None, help="gtr checkpoint (with --method gtr)")
+    parser.add_argument("--train-views", default=None, help="comma-separated train frame indices (default: all)")
     parser.add_argument("--test-views", type=int, default=None, help="score on the first N test views (default all)")
     parser.add_argument("--volume-views", type=int, default=None, help="test views also volume-rendered")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before a run is killed")
@@ -79,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             "--quiet",
         ]
+        if args.method == "gtr":
+            cli_args += ["--method", "gtr", "--checkpoint", str(Path(args.checkpoint or "").resolve())]
+        if args.train_views:
+            cli_args += ["--train-views", args.train_views]
         if test_views:
             cli_args += ["--test-views", str(test_views)]
         if volume_views is not None:
@@ -117,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                 fmt(m.get("chamfer_l1"), 4),
             ]
         )
-    title = f"renders, preset {args.preset}{' (SMOKE: tiny preset)' if args.smoke else ''}"
+    method = f", method gtr ({args.checkpoint})" if args.method == "gtr" else ""
+    title = f"renders, preset {args.preset}{method}{' (SMOKE: tiny preset)' if args.smoke else ''}"
     print(f"\n### {title}\n\n" + common.markdown_table(headers, rows))
     path = common.write_results(
         out_dir,
@@ -127,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
             "smoke": args.smoke,
             "data": str(data),
             "preset": args.preset,
+            "method": args.method,
+            "checkpoint": args.checkpoint,
+            "train_views": args.train_views,
             "test_views": test_views,
             "machine": common.machine_info(args.device),
             "runs": results,

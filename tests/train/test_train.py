@@ -83,7 +83,7 @@ def test_stage2_gradients_reach_the_generator_through_marching_cubes():
     out = model(batch)
     assert out["faces"] > 100
     out["loss"].backward()
-    assert abs(float(out["loss"]) - out["mask"]) < 1e-6  # mask_weight 1, the mean over the batch
+    assert abs(out["loss"].item() - out["mask"]) < 1e-6  # mask_weight 1, the mean over the batch
     sigma = model.field.decoder.field.mlp_sigma.layers[0].weight.grad
     colour = model.field.decoder.field.mlp_color.layers[0].weight.grad
     conv = model.generator.conv_proj.weight.grad
@@ -96,9 +96,10 @@ def test_stage2_gradients_reach_the_generator_through_marching_cubes():
             if p.grad is not None:
                 p -= 1e-3 * p.grad
         after = float(model(batch)["loss"])
-    assert after < float(out["loss"]), (after, float(out["loss"]))
+    assert after < out["loss"].item(), (after, out["loss"].item())
 
 
+@pytest.mark.slow
 def test_stage2_trains_from_a_stage1_checkpoint(tmp_path):
     stage1 = tmp_path / "stage1"
     train(FIXTURE, stage1, replace(TINY, steps=60), device="cpu")
@@ -151,6 +152,7 @@ def test_resume_refuses_other_settings(tmp_path):
         train(FIXTURE, tmp_path, replace(TINY, steps=4, learning_rate=1e-2), device="cpu", resume=True)
 
 
+@pytest.mark.slow
 def test_broken_objects_are_skipped_and_reported(tmp_path):
     data = tmp_path / "data"
     shutil.copytree(FIXTURE, data)
