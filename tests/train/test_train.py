@@ -225,3 +225,27 @@ def test_sigterm_checkpoints_then_resume_continues(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert max(losses(run)) == stopped_at + 3
     assert os.path.getsize(run / "model.safetensors") > 0
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for checkpointing in (False, True):
+        config = replace(TINY, gradient_checkpointing=checkpointing)
+        torch.manual_seed(0)
+        model = TrainModel(config)
+        batch = TrainingSet(read_index(FIXTURE), config).batch(0, 0, 1)
+        model(batch)["loss"].backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.generator.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-7, rtol=1e-5)
+
+
+@pytest.mark.gpu
+def test_both_stages_train_on_cuda_in_bf16(tmp_path):
+    stage1 = tmp_path / "stage1"
+    result = train(FIXTURE, stage1, replace(TINY, steps=30, log_every=1), device="cuda")
+    assert result.step == 30 and np.isfinite(result.last["loss"])
+    curve = losses(stage1)
+    assert np.mean([curve[s] for s in range(21, 31)]) < np.mean([curve[s] for s in range(1, 11)])
+    result = train(FIXTURE, tmp_path / "stage2", replace(TINY, stage=2, steps=4, mesh_level=0.5),
+                   init=stage1 / "model.safetensors", device="cuda")
+    assert result.step == 4 and np.isfinite(result.last["loss"])
