@@ -189,6 +189,8 @@ def train(
     bf16 = config.precision == "bf16" or (config.precision == "auto" and process.device.type == "cuda")
     autocast = (lambda: torch.autocast(process.device.type, dtype=torch.bfloat16)) if bf16 else (lambda: None)
     runlog = RunLog(output, enabled=process.first)
+    if process.first and config.stage == 1 and config.ssim_weight > 0:
+        log.info("perceptual term: 1 - SSIM (GTR uses LPIPS, whose network weights are not available locally)")
     source = f"trained: {config.steps} steps of stage {config.stage} on {Path(data).name}"
     save = lambda step: checkpoints.save(output, step, model.weights(source), optimizer.state_dict(),
                                          scheduler.state_dict(), config.to_dict(), config.keep_checkpoints)
