@@ -55,9 +55,11 @@ class TrainConfig:
     """Weight of the MSE between the rendered and the target colours (on white)."""
     mask_weight: float = 1.0
     """Weight of the MSE between rendered opacity (stage 1) or coverage (stage 2) and the mask."""
-    ssim_weight: float = 0.5
-    """Stage 1: weight of (1 − SSIM) on the rendered patches (the perceptual term; LPIPS needs weights that are
-    not available locally)."""
+    perceptual_weight: float = 0.5
+    """Stage 1: weight of the perceptual term on the rendered patches: LPIPS with ``lpips_weights``, else
+    (1 − SSIM)."""
+    lpips_weights: str | None = None
+    """A local LPIPS (VGG) weights file (see :mod:`backend.train.lpips`); None: the perceptual term is 1 − SSIM."""
     depth_weight: float = 1.0
     """Stage 2: weight of the L1 depth error (canonical units) where both the render and the target see the object."""
     normal_weight: float = 0.2

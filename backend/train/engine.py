@@ -30,7 +30,8 @@ from . import checkpoints
 from .config import TrainConfig
 from .data import TrainingSet
 from .logs import RunLog
-from .model import TrainModel
+from .lpips import load_lpips
+from .model import PerceptualTerm, TrainModel
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +166,9 @@ def train(
         config = replace(config, model=weights.config)
     if config.mesh_level is not None:
         config = replace(config, model=replace(config.model, mesh_level=config.mesh_level))
+    lpips = load_lpips(config.lpips_weights, process.device) if config.lpips_weights else None
     torch.manual_seed(config.seed)
-    model = TrainModel(config).to(process.device)
+    model = TrainModel(config, PerceptualTerm(lpips)).to(process.device)
     if init is not None:
         model.load_weights(weights)
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.learning_rate,
@@ -189,8 +191,9 @@ def train(
     bf16 = config.precision == "bf16" or (config.precision == "auto" and process.device.type == "cuda")
     autocast = (lambda: torch.autocast(process.device.type, dtype=torch.bfloat16)) if bf16 else (lambda: None)
     runlog = RunLog(output, enabled=process.first)
-    if process.first and config.stage == 1 and config.ssim_weight > 0:
-        log.info("perceptual term: 1 - SSIM (GTR uses LPIPS, whose network weights are not available locally)")
+    if process.first and config.stage == 1 and config.perceptual_weight > 0 and lpips is None:
+        log.info("perceptual term: 1 - SSIM (no lpips_weights given; GTR uses LPIPS, whose weights this program "
+                 "never downloads)")
     source = f"trained: {config.steps} steps of stage {config.stage} on {Path(data).name}"
     save = lambda step: checkpoints.save(output, step, model.weights(source), optimizer.state_dict(),
                                          scheduler.state_dict(), config.to_dict(), config.keep_checkpoints)

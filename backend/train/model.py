@@ -15,6 +15,7 @@ whole computation.
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,24 @@ from ..metrics import structural_similarity
 from ..volume import render_rays_dense
 from .config import TrainConfig
 from .data import Batch
+from .lpips import LPIPS
+
+
+class PerceptualTerm:
+    """Stage 1's perceptual loss on image batches (N, 3, H, W): LPIPS when given its network, else 1 − SSIM.
+
+    Not an ``nn.Module`` on purpose: the LPIPS network is never trained, saved or synchronised between processes.
+    """
+
+    def __init__(self, lpips: LPIPS | None = None):
+        self.lpips = lpips
+        self.name = "lpips" if lpips is not None else "1-ssim"
+
+    def __call__(self, render: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.lpips is not None:
+            return self.lpips(render, target).mean()
+        return 1 - structural_similarity(render, target)
+
 
 INITIAL_DENSITY_BIAS = -2.0
 """Pre-activation bias of a fresh density MLP's output (a checkpoint's weights replace it)."""
@@ -39,9 +58,10 @@ INITIAL_DENSITY_BIAS = -2.0
 class TrainModel(nn.Module):
     """Generator + decoder (``generator.*`` and ``field.*`` keys, as :class:`backend.gtr.checkpoint.Weights`)."""
 
-    def __init__(self, config: TrainConfig):
+    def __init__(self, config: TrainConfig, perceptual: PerceptualTerm | None = None):
         super().__init__()
         self.config = config
+        self.perceptual = perceptual or PerceptualTerm()
         self.generator = Generator(config.model.generator)
         self.field = GTRField(config.model.decoder)
         self.generator.gradient_checkpointing = config.gradient_checkpointing
@@ -80,12 +100,12 @@ class TrainModel(nn.Module):
         mask = F.mse_loss(out.opacity.squeeze(-1), batch.mask)
         V, P = batch.patches
         as_images = lambda x: x.reshape(x.shape[0] * V, P, P, 3).permute(0, 3, 1, 2)
-        ssim = structural_similarity(as_images(out.rgb), as_images(batch.rgb))
-        loss = c.image_weight * mse + c.mask_weight * mask + c.ssim_weight * (1 - ssim)
+        perceptual = self.perceptual(as_images(out.rgb), as_images(batch.rgb))
+        loss = c.image_weight * mse + c.mask_weight * mask + c.perceptual_weight * perceptual
         psnr = -10 * torch.log10(mse.detach().clamp_min(1e-10))
         preview = torch.stack([as_images(batch.rgb)[0], as_images(out.rgb.detach())[0]])
-        mse, mask, ssim = float(mse.detach()), float(mask.detach()), float(ssim.detach())
-        return {"loss": loss, "mse": mse, "mask": mask, "ssim": ssim, "psnr": float(psnr),
+        mse, mask, perceptual = float(mse.detach()), float(mask.detach()), float(perceptual.detach())
+        return {"loss": loss, "mse": mse, "mask": mask, self.perceptual.name: perceptual, "psnr": float(psnr),
                 "preview": preview}
 
     def _stage2(self, planes: torch.Tensor, batch: Batch) -> dict:
@@ -98,7 +118,7 @@ class TrainModel(nn.Module):
             density = densities[b]
             verts, faces = extract_mesh(density, c.model.mesh_level)
             if faces.shape[0] == 0:
-                # No surface yet: pull the density up where the masks see the object's box, so one appears.
+                # No surface yet: raise the densest point towards the level, so that one appears.
                 loss = loss + (F.relu(c.model.mesh_level - density.amax()) / c.model.mesh_level) / planes.shape[0]
                 continue
             faces_total += faces.shape[0]
@@ -129,7 +149,7 @@ class TrainModel(nn.Module):
                 preview = torch.stack([batch.rgb[b][0], image[0].detach().clamp(0, 1)]).permute(0, 3, 1, 2)
         mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")
         result = {"loss": loss, "faces": faces_total, **{k: mean(v) for k, v in terms.items()}}
-        if result["mse"] == result["mse"]:
-            result["psnr"] = -10 * torch.log10(torch.tensor(max(result["mse"], 1e-10))).item()
+        if terms["mse"]:
+            result["psnr"] = -10 * math.log10(max(result["mse"], 1e-10))
         result["preview"] = preview
         return result
