@@ -121,6 +121,17 @@ def test_stage2_trains_from_a_stage1_checkpoint(tmp_path):
     first, last = np.mean([r["loss"] for r in rows[:4]]), np.mean([r["loss"] for r in rows[-4:]])
     assert last < first, (first, last)
 
+    # The trained weights plug straight into the gtr method (texture refinement off: it is not what this tests).
+    out = tmp_path / "mesh"
+    run = subprocess.run([sys.executable, "-m", "backend", "reconstruct", str(FIXTURE / "procedural_0000"), "-o",
+                          str(out), "--method", "gtr", "--checkpoint", str(stage2 / "model.safetensors"),
+                          "--refine-iterations", "0", "--device", "cpu", "--quiet"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["method"] == "gtr" and metrics["faces"] > 100
+    assert (out / "mesh.glb").is_file()
+
 
 def test_resume_reproduces_the_uninterrupted_run(tmp_path):
     config = replace(TINY, steps=6, checkpoint_every=100)
