@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -52,8 +53,9 @@ class Batch:
         return Batch(**moved)
 
 
+@lru_cache(maxsize=4)
 def object_order(count: int, seed: int, epoch: int) -> np.ndarray:
-    """The permutation of ``count`` objects used in ``epoch``."""
+    """The permutation of ``count`` objects used in ``epoch`` (cached: every slot of an epoch asks for it)."""
     return np.random.default_rng([seed, epoch]).permutation(count)
 
 

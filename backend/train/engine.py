@@ -221,7 +221,7 @@ def train(
                 timer = time.perf_counter()
                 objects = config.batch_size * process.world * (config.log_every if done % config.log_every == 0 else 1)
                 last = {**values, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                        "samples_per_s": objects / max(elapsed, 1e-9)}
+                        "objects_per_s": objects / max(elapsed, 1e-9)}
                 runlog.scalars(done, last)
             if done % config.preview_every == 0:
                 runlog.preview(done, out.get("preview"))

@@ -1,7 +1,7 @@
 """Where a run's numbers and pictures go: ``log.jsonl`` always, TensorBoard when installed, ``previews/`` PNGs.
 
 ``log.jsonl`` has one JSON object per logged step (``step``, the loss terms, ``lr``, ``grad_norm``,
-``samples_per_s``, ...). A resumed run appends to it. TensorBoard event files go to ``OUTPUT/tensorboard``
+``objects_per_s``, ...). A resumed run appends to it. TensorBoard event files go to ``OUTPUT/tensorboard``
 (``tensorboard --logdir OUTPUT/tensorboard``) when the ``tensorboard`` package is importable; otherwise the run
 says so once and carries on.
 """
