@@ -35,6 +35,7 @@ def losses(run: Path) -> dict[int, float]:
     return {row["step"]: row["loss"] for row in map(json.loads, (run / "log.jsonl").read_text().splitlines())}
 
 
+@pytest.mark.slow
 def test_stage1_loss_falls(tmp_path):
     config = replace(TINY, steps=60, checkpoint_every=60)
     result = train(FIXTURE, tmp_path, config, device="cpu")
