@@ -1,9 +1,9 @@
-"""PNG files with the standard library and numpy: 16-bit grey and RGB for depth and normal maps, and a reader.
+"""PNG files with the standard library and numpy: 16-bit grey and RGB for depth and normal maps.
 
 Blender's own image writer runs pixels through colour management; depth and normals must reach the file as exact
 integers, so they are encoded here. Only what the dataset needs: 8- or 16-bit, grey / RGB / RGBA, no interlacing,
 no palette. The writer picks a filter per row (the smallest sum of absolute filtered bytes, the heuristic the PNG
-specification suggests); the reader undoes all five filter types.
+specification suggests).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import numpy as np
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOUR_TYPES = {1: 0, 3: 2, 4: 6}
 """Channels → PNG colour type (grey, RGB, RGBA)."""
-CHANNELS = {value: key for key, value in COLOUR_TYPES.items()}
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -57,37 +56,6 @@ def write_atomic(path: str | Path, data: bytes) -> None:
         temporary.unlink(missing_ok=True)
 
 
-def read_png(path: str | Path) -> np.ndarray:
-    """The pixels of a non-interlaced, non-palette 8- or 16-bit PNG: (H, W, C) uint8 or uint16, top row first."""
-    data = Path(path).read_bytes()
-    if data[:8] != SIGNATURE:
-        raise ValueError(f"{path} is not a PNG file")
-    position, header, compressed = 8, None, []
-    while position < len(data):
-        (length,) = struct.unpack(">I", data[position : position + 4])
-        kind = data[position + 4 : position + 8]
-        body = data[position + 8 : position + 8 + length]
-        position += 12 + length
-        if kind == b"IHDR":
-            header = struct.unpack(">IIBBBBB", body)
-        elif kind == b"IDAT":
-            compressed.append(body)
-        elif kind == b"IEND":
-            break
-    if header is None:
-        raise ValueError(f"{path} has no IHDR chunk")
-    width, height, bit_depth, colour_type, _, _, interlace = header
-    if bit_depth not in (8, 16) or colour_type not in CHANNELS or interlace:
-        raise ValueError(f"{path}: only 8/16-bit grey, RGB, RGBA, non-interlaced PNGs are read here")
-    channels = CHANNELS[colour_type]
-    pixel_bytes = channels * bit_depth // 8
-    rows = np.frombuffer(zlib.decompress(b"".join(compressed)), dtype=np.uint8)
-    rows = rows.reshape(height, 1 + width * pixel_bytes)
-    raw = _unfilter_rows(rows, pixel_bytes)
-    dtype = np.dtype(">u2") if bit_depth == 16 else np.dtype(np.uint8)
-    return raw.view(dtype).reshape(height, width, channels).astype(dtype.newbyteorder("="))
-
-
 def _chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
@@ -115,36 +83,3 @@ def _filter_rows(raw: np.ndarray, bpp: int) -> np.ndarray:
     choice = cost.argmin(axis=0)
     filtered = candidates[choice, np.arange(raw.shape[0])]
     return np.concatenate([choice.astype(np.uint8)[:, None], filtered], axis=1)
-
-
-def _unfilter_rows(rows: np.ndarray, bpp: int) -> np.ndarray:
-    """The raw bytes (H, row bytes) of filtered ``rows`` (H, 1 + row bytes)."""
-    height, width = rows.shape[0], rows.shape[1] - 1
-    out = np.zeros((height, width), dtype=np.uint8)
-    previous = np.zeros(width, dtype=np.int32)
-    for y in range(height):
-        kind, line = rows[y, 0], rows[y, 1:].astype(np.int32)
-        if kind == 0:
-            row = line
-        elif kind == 1:  # each byte adds the reconstructed byte bpp to its left: a running sum per byte lane
-            row = np.cumsum(line.reshape(-1, bpp), axis=0).reshape(-1) & 0xFF
-        elif kind == 2:
-            row = (line + previous) & 0xFF
-        elif kind in (3, 4):
-            row = np.zeros(width, dtype=np.int32)
-            for x in range(width):
-                a = row[x - bpp] if x >= bpp else 0
-                b = previous[x]
-                c = previous[x - bpp] if x >= bpp else 0
-                if kind == 3:
-                    predictor = (a + b) // 2
-                else:
-                    p = a + b - c
-                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                    predictor = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
-                row[x] = (line[x] + predictor) & 0xFF
-        else:
-            raise ValueError(f"unknown PNG filter type {kind}")
-        out[y] = row
-        previous = row.astype(np.int32)
-    return out

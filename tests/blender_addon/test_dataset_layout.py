@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from blender_addon.dataset import layout
-from blender_addon.dataset.png import encode_png, read_png, write_png
+from blender_addon.dataset.png import encode_png, write_png
 from blender_addon.dataset.rig import RenderSettings, look_at_origin, sample_views
+from tests.blender_addon.png_files import read_png
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blender_addon.dataset.png import read_png
+from tests.blender_addon.png_files import read_png
 
 pytestmark = pytest.mark.blender
 
