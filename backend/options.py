@@ -186,6 +186,10 @@ OPTIONS: dict[str, Option] = {
         Option("geometry_iterations", int, "geometry-refinement steps: the extracted mesh's vertices move so its "
                "renders match the views' masks and colours (fit method; 0 disables it)",
                paths=("geometry.iterations",), minimum=0),
+        Option("inside_masks", float, "geometry refinement keeps every vertex within S pixels (of the working images) "
+               "beyond every view's mask: no fat band along the silhouettes (renders with exact cameras: 0); where "
+               "masks and poses disagree by a pixel or so (photographs) it costs coverage",
+               paths=("geometry.inside_masks",), minimum=0, unset="not enforced"),
         Option("refine_iterations", int, "texture-refinement iterations (gtr: 50, as the official release)",
                paths=("refine.iterations", "gtr.refine.iterations"), minimum=0),
         Option("method", str, "gtr: the GTR network (needs a checkpoint); fit: per-scene fit, no weights; auto: gtr "

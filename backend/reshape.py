@@ -7,6 +7,8 @@ colour render and the view's colours times its mask. Regularisers keep the surfa
 Laplacian of the offsets (smooth displacements, the extracted detail kept) and normal consistency between
 neighbouring faces. Optionally vertices move along their initial normals only. Each step is capped at a fraction of
 the mean edge length, so a face cannot flip in one step; faces that flipped relative to the start are counted.
+Optionally (``inside_masks``) vertices that project beyond a mask's edge are moved back after each step, judged at
+the view's own size: renders compared at ``max_size`` cannot see a band a pixel or two wide along the silhouette.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from scipy import ndimage
 
 from .diff_render import EdgeTopology, edge_topology, render
 from .mesh import Mesh
@@ -44,6 +49,12 @@ class GeometryConfig:
     """Weight of normal consistency (1 − cos between the normals of faces sharing an edge, mean)."""
     normal_only: bool = False
     """Move each vertex along its initial normal only (one scalar per vertex)."""
+    inside_masks: float | None = None
+    """When set: after each step, move the vertices that lie more than this many pixels beyond the edge of a
+    chosen view's mask back to that distance, and at the end do so for every view (a point of the object lies
+    inside its silhouette in every photo, seen or hidden). Pixels of the view at its own size, finer than
+    ``max_size``. Where poses and masks disagree by a pixel or so (real photos), 0 shrinks the mesh below the
+    masks of views not used (docs/BENCHMARKS.md)."""
     max_step: float = 0.25
     """Largest move of a vertex in one step, as a fraction of the mean edge length."""
     cull_backfaces: bool = True
@@ -85,6 +96,7 @@ def refine_geometry(
     edge_len = float((base[topology.edges[:, 0]] - base[topology.edges[:, 1]]).norm(dim=1).mean())
     colours = mesh.vertex_colors.to(device, torch.float32) if mesh.vertex_colors is not None else None
     targets = [_targets(view, config.max_size, device) for view in views]
+    silhouettes = [_Silhouette.of(view, device) if config.inside_masks is not None else None for view in views]
     usable = [
         n for n, (_, mask, rgb) in enumerate(targets) if mask is not None or (colours is not None and rgb is not None)
     ]
@@ -131,6 +143,7 @@ def refine_geometry(
             size = step.norm(dim=1, keepdim=True)
             cap = config.max_step * edge_len
             param.copy_(before + step * (cap / size.clamp_min(cap)))
+        _move_inside(param, base, normals0, [silhouettes[n] for n in chosen], config.inside_masks, cap)
         last_loss = float(data.detach())
         if it == 1:
             first_loss = last_loss
@@ -138,6 +151,7 @@ def refine_geometry(
             hooks.report("geometry", it, config.iterations, f"loss {last_loss:.5f}")
         else:
             hooks.check_cancel()
+    _move_inside(param, base, normals0, silhouettes, config.inside_masks, config.max_step * edge_len)  # all views
     with torch.no_grad():
         offsets = param * normals0 if normals0 is not None else param
         vertices = base + offsets
@@ -156,6 +170,68 @@ def _targets(view: View, max_size: int, device):
         return None if a is None else torch.as_tensor(a, dtype=torch.float32, device=device)
 
     return small.camera, tensor(small.mask), tensor(small.rgb)
+
+
+@dataclass(frozen=True)
+class _Silhouette:
+    """A view's mask as a map of how far each pixel lies outside it, and the camera to look vertices up in it."""
+
+    distance: torch.Tensor
+    """(1, 1, H, W) pixels from each pixel's centre to the nearest pixel centre inside the mask (0 inside)."""
+    world_to_camera: torch.Tensor
+    K: torch.Tensor
+    orthographic: bool
+
+    @staticmethod
+    def of(view: View, device) -> _Silhouette | None:
+        """The view's map at its own size, or None when it has no mask (or an empty one)."""
+        if view.mask is None or not (inside := np.asarray(view.mask) >= 0.5).any():
+            return None
+        distance = torch.as_tensor(ndimage.distance_transform_edt(~inside), dtype=torch.float32, device=device)
+        cam = view.camera
+        return _Silhouette(distance[None, None], torch.as_tensor(cam.world_to_camera[:3], dtype=torch.float32,
+                           device=device), torch.as_tensor(cam.K, dtype=torch.float32, device=device),
+                           cam.orthographic)  # fmt: skip
+
+    def outside(self, vertices: torch.Tensor, beyond: float) -> torch.Tensor:
+        """(N,) pixels each vertex projects more than ``beyond`` pixels past the mask's edge (0 for the others and
+        behind the camera), differentiable in the vertices (bilinear in the distance map, which is 0.5 on the
+        edge)."""
+        p = vertices @ self.world_to_camera[:, :3].T + self.world_to_camera[:, 3]
+        if self.orthographic:  # as cameras.project
+            front = torch.ones_like(p[:, 2], dtype=torch.bool)
+            uv = p[:, :2] * self.K.diagonal()[:2] + self.K[:2, 2]
+        else:
+            front = p[:, 2] > 1e-6
+            uv = p[:, :2] / p[:, 2:].clamp_min(1e-6) @ self.K[:2, :2].T + self.K[:2, 2]
+        height, width = self.distance.shape[-2:]
+        grid = torch.stack([uv[:, 0] * (2 / width) - 1, uv[:, 1] * (2 / height) - 1], dim=-1)[None, None]
+        distance = F.grid_sample(self.distance, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return (distance[0, 0, 0] - 0.5 - beyond).clamp_min(0) * front
+
+    def back_inside(self, vertices: torch.Tensor, beyond: float, cap: float) -> torch.Tensor:
+        """(N, 3) moves that bring the vertices back to ``beyond`` pixels past the mask's edge: one Gauss-Newton
+        step on each vertex's distance (exact where the distance map is linear across the vertex's move), at most
+        ``cap`` long; zero for the vertices inside."""
+        with torch.enable_grad():
+            points = vertices.detach().requires_grad_(True)
+            excess = self.outside(points, beyond)
+            (gradient,) = torch.autograd.grad(excess.sum(), points)
+        move = -excess.detach()[:, None] * gradient / gradient.square().sum(dim=1, keepdim=True).clamp_min(1e-12)
+        length = move.norm(dim=1, keepdim=True)
+        return move * (cap / length.clamp_min(cap))
+
+
+def _move_inside(param: torch.Tensor, base: torch.Tensor, normals: torch.Tensor | None,
+                 silhouettes: list[_Silhouette | None], beyond: float, cap: float) -> None:  # fmt: skip
+    """Move the vertices (``base`` + offsets ``param``, along ``normals`` when given) back inside each silhouette
+    in turn (:meth:`_Silhouette.back_inside`), in place."""
+    for silhouette in silhouettes:
+        if silhouette is None:
+            continue
+        with torch.no_grad():
+            move = silhouette.back_inside(base + (param * normals if normals is not None else param), beyond, cap)
+            param += (move * normals).sum(dim=1, keepdim=True) if normals is not None else move
 
 
 def _adjacency(topology: EdgeTopology, count: int) -> tuple[torch.Tensor, torch.Tensor]:

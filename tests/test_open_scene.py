@@ -7,6 +7,7 @@ coefficients) must give the same object once the loader removes the distortion.
 """
 
 import json
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -14,11 +15,13 @@ import pytest
 import torch
 
 from backend.cameras import orbit_cameras
+from backend.errors import Cancelled
 from backend.hull import carve, lattice, pixel_lookup
 from backend.inputs import load_job
 from backend.metrics import mesh_metrics
 from backend.pipeline import MASKS_FOLDER, config_from_options, reconstruct, write_outputs
-from backend.segment import SegmentConfig, derive_masks, isolate_object
+from backend.progress import Hooks
+from backend.segment import SegmentConfig, derive_masks, isolate_object, per_view, run_grabcut
 from backend.synthetic import TABLE_Z, SceneConfig, make_scene, scene_sdf, through_lens, write_scene_as_transforms
 from backend.views import Bounds, Job
 
@@ -53,11 +56,60 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def test_derived_masks_match_the_objects_coverage_and_warn_when_they_fill_the_bounds(scene):
     derived = derive_masks(photos(scene.train), object_bounds(scene), SegmentConfig())
     ious = [iou(d.mask > 0.5, v.mask > 0.5) for d, v in zip(derived.views, scene.train)]
-    assert np.mean(ious) > 0.88 and np.min(ious) > 0.85, ious  # measured 0.894 and 0.866 (visual-hull masks)
+    assert np.mean(ious) > 0.88 and np.min(ious) > 0.85, ious  # measured 0.896 and 0.866 (visual-hull masks)
     assert derived.warnings == []
     assert 0.28 < derived.fill < 0.36  # measured 0.320 of the bounds box (the object fills about a third)
     strict = derive_masks(photos(scene.train), object_bounds(scene), SegmentConfig(fills_bounds=0.5 * derived.fill))
     assert len(strict.warnings) == 1 and "could not be separated" in strict.warnings[0]
+
+
+def test_a_photos_segmentation_depends_on_no_other_photo():
+    """GrabCut starts from a random colour model, drawn from the calling thread's OpenCV generator: each photo
+    starts from the same one, so a photo's mask is the same whatever ran before it and on whichever thread."""
+    import cv2
+
+    rng = np.random.default_rng(2)
+    image = np.zeros((64, 64, 3), np.uint8)  # coloured discs: where GrabCut ends depends on where it starts
+    for _ in range(40):
+        colour, (x, y), radius = rng.integers(0, 256, 3), rng.integers(0, 64, 2), int(rng.integers(3, 10))
+        cv2.circle(image, (int(x), int(y)), radius, tuple(int(c) for c in colour), -1)
+    image = cv2.add(image, rng.integers(0, 30, image.shape, dtype=np.uint8))
+    labels = np.full((64, 64), cv2.GC_BGD, np.uint8)
+    labels[12:52, 12:52] = cv2.GC_PR_FGD
+    config = SegmentConfig(close_px=0)
+    first = run_grabcut(image, labels, config)
+    other_start = next(seed for seed in range(1, 20) if not np.array_equal(grabcut_from(image, labels, seed), first))
+    # (measured: 463 of 4096 pixels differ from seed 1's start)
+    cv2.setRNGSeed(other_start)  # where a previous photo could have left this thread's generator
+    assert np.array_equal(run_grabcut(image, labels, config), first)
+    on_threads = per_view(lambda n: run_grabcut(image, labels, config), 3, Hooks(), "{n}")
+    assert all(np.array_equal(mask, first) for mask in on_threads)
+
+
+def grabcut_from(image: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
+    """OpenCV's GrabCut (5 iterations, as SegmentConfig) started from generator state ``seed``: its foreground,
+    enclosed holes filled (as run_grabcut)."""
+    import cv2
+    from scipy import ndimage
+
+    labels = labels.copy()
+    cv2.setRNGSeed(seed)
+    cv2.grabCut(image[..., ::-1].copy(), labels, None, np.zeros((1, 65)), np.zeros((1, 65)), 5, cv2.GC_INIT_WITH_MASK)
+    return ndimage.binary_fill_holes((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD))
+
+
+def test_segmenting_stops_when_cancelled():
+    started = []
+    hooks = Hooks(progress=lambda stage, step, total, message: hooks.cancel() if step == 2 else None)
+
+    def work(n: int) -> np.ndarray:
+        started.append(n)
+        time.sleep(0.05)
+        return np.zeros(1)
+
+    with pytest.raises(Cancelled):
+        per_view(work, 40, hooks, "view {n}/{count}")
+    assert len(started) < 10, started  # the views not yet begun are dropped
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +121,10 @@ def result(scene):
 @pytest.mark.slow
 def test_the_mesh_is_the_object_without_the_table_or_the_room(scene, result):
     v = result.mesh.vertices.double().numpy()
-    assert v[:, 2].min() > TABLE_Z - 0.01  # nothing of the table (measured TABLE_Z − 0.003: the bounds' bottom)
+    assert v[:, 2].min() > TABLE_Z - 0.01  # nothing of the table (measured TABLE_Z − 0.008: the bounds' bottom)
     lo, hi = scene.gt_vertices.min(0), scene.gt_vertices.max(0)
     beyond = np.concatenate([lo[:2] - v[:, :2].min(0), v.max(0) - hi])  # sides and top; the table is below
-    assert beyond.max() < 0.055, beyond  # nothing of the room (measured at most 0.045: a visual hull is fat)
+    assert beyond.max() < 0.055, beyond  # nothing of the room (measured at most 0.042: a visual hull is fat)
     scores = mesh_metrics(result.mesh, scene.gt_vertices, scene.gt_faces)
     assert scores["chamfer_l1"] < 0.011  # measured 0.0097 of the diagonal
 
