@@ -326,8 +326,10 @@ def derive_masks(views: list[View], bounds: Bounds, config: SegmentConfig, hooks
     hi = bounds.minimum + np.minimum(cells.max(0) + 2, res) * cell
     box = Bounds((lo + hi) / 2, hi - lo)
     first = hull_surface(torch.as_tensor(occupied), bounds)
-    # second pass: GrabCut around the first hull's projection (rasterised here: torch runs on this thread)
-    outlines = [outline(first, view, config.refine_size) for view in views]
+    outlines = []  # the second pass's starts: the first hull's projections (torch: on this thread)
+    for view in views:
+        hooks.check_cancel()
+        outlines.append(outline(first, view, config.refine_size))
     refined = per_view(lambda n: grabcut_around(views[n], outlines[n], config),
                        len(views), hooks, "refining the object's outline in view {n}/{count}")  # fmt: skip
     with torch.no_grad():
