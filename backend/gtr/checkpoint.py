@@ -399,7 +399,14 @@ def save_weights(weights: Weights, path: str | os.PathLike) -> Path:
 
     tensors = {f"{part}.{k}": t.contiguous() for part in PARTS for k, t in getattr(weights, part).items()}
     metadata = {"format": FORMAT, CONFIG_KEY: json.dumps(weights.config.to_dict())}
-    return _write_atomic(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+    def write(tmp: Path) -> None:
+        save_file(tensors, str(tmp), metadata=metadata)
+        umask = os.umask(0)  # safetensors creates the file 0600; give it the mode any new file gets
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
+
+    return _write_atomic(Path(path), write)
 
 
 def save_official(weights: Weights, path: str | os.PathLike) -> Path:

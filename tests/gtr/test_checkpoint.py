@@ -162,6 +162,7 @@ def test_official_safetensors_official_round_trip(tmp_path, small_parts):
     first = read_checkpoint(write_pickle(tmp_path / "in.pth", small_parts["generator"], small_parts["field"]),
                             config=SMALL)
     st = save_weights(first, tmp_path / "weights.safetensors")
+    assert st.stat().st_mode & 0o777 == (tmp_path / "in.pth").stat().st_mode & 0o777  # as any new file (not 0600)
     with safe_open(str(st), framework="pt") as f:
         meta = f.metadata()
     assert meta["format"] == FORMAT
