@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from .cameras import Camera
 from .diff_render import EdgeTopology, edge_topology, render
+from .hull import project_points
 from .mesh import Mesh
 from .progress import Hooks
 from .views import View, downscale
@@ -174,13 +176,11 @@ def _targets(view: View, max_size: int, device):
 
 @dataclass(frozen=True)
 class _Silhouette:
-    """A view's mask as a map of how far each pixel lies outside it, and the camera to look vertices up in it."""
+    """A view's mask as a map of how far each pixel lies outside it, and the view's camera."""
 
     distance: torch.Tensor
     """(1, 1, H, W) pixels from each pixel's centre to the nearest pixel centre inside the mask (0 inside)."""
-    world_to_camera: torch.Tensor
-    K: torch.Tensor
-    orthographic: bool
+    camera: Camera
 
     @staticmethod
     def of(view: View, device) -> _Silhouette | None:
@@ -188,22 +188,14 @@ class _Silhouette:
         if view.mask is None or not (inside := np.asarray(view.mask) >= 0.5).any():
             return None
         distance = torch.as_tensor(ndimage.distance_transform_edt(~inside), dtype=torch.float32, device=device)
-        cam = view.camera
-        return _Silhouette(distance[None, None], torch.as_tensor(cam.world_to_camera[:3], dtype=torch.float32,
-                           device=device), torch.as_tensor(cam.K, dtype=torch.float32, device=device),
-                           cam.orthographic)  # fmt: skip
+        return _Silhouette(distance[None, None], view.camera)
 
     def outside(self, vertices: torch.Tensor, beyond: float) -> torch.Tensor:
         """(N,) pixels each vertex projects more than ``beyond`` pixels past the mask's edge (0 for the others and
         behind the camera), differentiable in the vertices (bilinear in the distance map, which is 0.5 on the
         edge)."""
-        p = vertices @ self.world_to_camera[:, :3].T + self.world_to_camera[:, 3]
-        if self.orthographic:  # as cameras.project
-            front = torch.ones_like(p[:, 2], dtype=torch.bool)
-            uv = p[:, :2] * self.K.diagonal()[:2] + self.K[:2, 2]
-        else:
-            front = p[:, 2] > 1e-6
-            uv = p[:, :2] / p[:, 2:].clamp_min(1e-6) @ self.K[:2, :2].T + self.K[:2, 2]
+        uv, z = project_points(self.camera, vertices)
+        front = torch.ones_like(z, dtype=torch.bool) if self.camera.orthographic else z > 1e-6
         height, width = self.distance.shape[-2:]
         grid = torch.stack([uv[:, 0] * (2 / width) - 1, uv[:, 1] * (2 / height) - 1], dim=-1)[None, None]
         distance = F.grid_sample(self.distance, grid, mode="bilinear", padding_mode="border", align_corners=False)
