@@ -87,7 +87,7 @@ class SegmentConfig:
 @dataclass
 class DerivedMasks:
     views: list[View]
-    """The input views with their derived masks (float32 0..1 coverage of the carved hull)."""
+    """The input views with their derived masks (float32, 0 or 1: the carved hull's projection, trimmed)."""
     fill: float
     """Fraction of the bounds box the carved hull occupies."""
     bounds: Bounds
@@ -329,7 +329,8 @@ def derive_masks(views: list[View], bounds: Bounds, config: SegmentConfig, hooks
                  device="cpu") -> DerivedMasks:  # fmt: skip
     """Masks for ``views`` (world frame, any size): GrabCut seeded by ``bounds``, carved into a hull in the bounds
     box; GrabCut again around that hull's projection, carved into a second hull inside the first, projected back
-    (see the module docstring). Reports each view of each pass as stage ``segment``."""
+    and trimmed to each view's own segmentation along its outline (see the module docstring). Reports each view
+    of each pass as stage ``segment``."""
     try:
         import cv2  # noqa: F401
     except ImportError:
