@@ -96,6 +96,7 @@ def refine_geometry(
     topology = edge_topology(faces)
     diag = float((base.max(dim=0).values - base.min(dim=0).values).norm())
     edge_len = float((base[topology.edges[:, 0]] - base[topology.edges[:, 1]]).norm(dim=1).mean())
+    cap = config.max_step * edge_len  # the longest move of a vertex in one step
     colours = mesh.vertex_colors.to(device, torch.float32) if mesh.vertex_colors is not None else None
     targets = [_targets(view, config.max_size, device) for view in views]
     silhouettes = [_Silhouette.of(view, device) if config.inside_masks is not None else None for view in views]
@@ -143,7 +144,6 @@ def refine_geometry(
         with torch.no_grad():
             step = param - before
             size = step.norm(dim=1, keepdim=True)
-            cap = config.max_step * edge_len
             param.copy_(before + step * (cap / size.clamp_min(cap)))
         _move_inside(param, base, normals0, [silhouettes[n] for n in chosen], config.inside_masks, cap)
         last_loss = float(data.detach())
@@ -153,7 +153,7 @@ def refine_geometry(
             hooks.report("geometry", it, config.iterations, f"loss {last_loss:.5f}")
         else:
             hooks.check_cancel()
-    _move_inside(param, base, normals0, silhouettes, config.inside_masks, config.max_step * edge_len)  # all views
+    _move_inside(param, base, normals0, silhouettes, config.inside_masks, cap)  # all views
     with torch.no_grad():
         offsets = param * normals0 if normals0 is not None else param
         vertices = base + offsets

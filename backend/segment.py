@@ -133,10 +133,15 @@ def run_grabcut(image: np.ndarray, labels: np.ndarray, config: SegmentConfig) ->
         return None
     foreground = (labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD)
     if config.close_px > 0:
-        size = 2 * config.close_px + 1
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
-        foreground = cv2.morphologyEx(foreground.astype(np.uint8), cv2.MORPH_CLOSE, kernel) > 0
+        foreground = cv2.morphologyEx(foreground.astype(np.uint8), cv2.MORPH_CLOSE, disc(config.close_px)) > 0
     return ndimage.binary_fill_holes(foreground)
+
+
+def disc(radius: int) -> np.ndarray:
+    """OpenCV's elliptic structuring element ``2·radius + 1`` pixels wide (a 3×3 one is a cross)."""
+    import cv2
+
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
 def rgb_bytes(rgb: np.ndarray) -> np.ndarray:
@@ -176,8 +181,7 @@ def grabcut_around(view: View, first_mask: np.ndarray, config: SegmentConfig) ->
 
     H, W = first_mask.shape
     band = max(1, round(config.refine_band * max(H, W)))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * band + 1, 2 * band + 1))
-    near = cv2.dilate(first_mask.astype(np.uint8), kernel) > 0
+    near = cv2.dilate(first_mask.astype(np.uint8), disc(band)) > 0
     rows, cols = np.nonzero(near)
     if len(rows) == 0:
         return first_mask
@@ -316,9 +320,6 @@ def trimmed(projected: np.ndarray, own: np.ndarray, band: int) -> np.ndarray:
     half a cell beyond the segmentations it was carved from. Deeper inside, the hull wins (a view that lost part of
     the object to its background, which the carving let dissent, keeps it)."""
     import cv2
-
-    def disc(radius: int) -> np.ndarray:
-        return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
     core = cv2.erode(projected.astype(np.uint8), disc(band), borderType=cv2.BORDER_CONSTANT, borderValue=1) > 0
     grown = cv2.dilate(own.astype(np.uint8), disc(GROW_PX)) > 0
