@@ -1,23 +1,24 @@
 """Masks for photographs that have none: a colour segmentation per view, seeded by the bounds, made consistent
 across views by carving, then refined once.
 
-Each view is segmented with OpenCV's GrabCut (a colour model of object and background, refined by a graph cut):
-pixels outside the projected bounds box are background for certain, pixels inside it are probably object. One
-view alone often keeps pieces of background that happen to project inside the box (the table behind the object,
-clutter), but such a piece sits at a different place behind the object in each view, so carving a visual hull
-from all the segmentations removes it, while the object, which every view keeps, survives. A second GrabCut pass
-per view, seeded by that hull's projection (a thin band around it may turn out either way), sees the object
-against its own surroundings rather than the whole room; a second hull carved from those, inside the first, is
-projected into every view and trimmed along its outline to that view's own segmentation (a hull of cells is up to
-half a cell fatter than the outlines it was carved from): those are the derived masks, consistent but for that
-band, and the rest of the pipeline runs as if the user had given them. Both carvings let a few views dissent, since
-one view's GrabCut can lose a dark rim of the object against a dark background.
+Each view is segmented with OpenCV's GrabCut (a colour model of object and background, refined by a graph cut, on
+the colours of ``grabcut_colours``): pixels outside the projected bounds box are background for certain, pixels
+inside it are probably object. One view alone often keeps pieces of background that happen to project inside the box
+(the table behind the object, clutter), but such a piece sits at a different place behind the object in each view,
+so carving a visual hull from all the segmentations removes it, while the object, which every view keeps, survives.
+A second GrabCut pass per view, seeded by that hull's projection (a thin band around it may turn out either way),
+sees the object against its own surroundings rather than the whole room; a second hull carved from those, inside the
+first, is projected into every view and trimmed along its outline to that view's own segmentation (a hull of cells
+is up to half a cell fatter than the outlines it was carved from): those are the derived masks, consistent but for
+that band, and the rest of the pipeline runs as if the user had given them. Both carvings let a few views dissent,
+since one view's GrabCut can lose a dark rim of the object against a dark background.
 
 Measured on ``ethiopian_head`` (57 photos, bounds 1.3× the object's box; docs/BENCHMARKS.md), IoU against the true
 masks of those views: a single view's first-pass segmentation 0.40–0.53 (the projected box covers most of the
 photo); a hull carved from the first pass alone, no view dissenting, projected back: 0.940 (mean); both passes
-0.965 with no dissent in the first carving, 0.975–0.976 with 4 % (over three seeds of GrabCut's start), and 0.978
-trimmed (precision 0.995 instead of 0.990, recall 0.9825 instead of 0.985).
+0.965 with no dissent in the first carving, 0.975–0.976 with 4 % (over three seeds of GrabCut's start), 0.978
+trimmed (precision 0.995 instead of 0.990, recall 0.9825 instead of 0.985), and 0.986 with GrabCut comparing
+CIELAB colours, chroma doubled, instead of RGB (recall 0.991: it keeps the sculpture's dark top).
 """
 
 from __future__ import annotations
@@ -146,11 +147,13 @@ CHROMA_GAIN = 2.0
 
 
 def grabcut_colours(image: np.ndarray) -> np.ndarray:
-    """An RGB uint8 image in the colours GrabCut compares: CIELAB (lightness and two colour-opponent axes, so dark
-    colours differ as much as bright ones of the same hues) with the chroma axes scaled by ``CHROMA_GAIN``, as
-    uint8. In RGB, GrabCut sees dark colours as nearly alike: on ``ethiopian_head`` it lost the sculpture's dark
-    brown top against the dark green floor in most views (derived masks' IoU against the true masks 0.978 from
-    RGB, 0.981 from CIELAB, 0.986 with the chroma doubled, 0.986 tripled; docs/BENCHMARKS.md)."""
+    """An RGB uint8 image in the colours GrabCut compares: CIELAB (lightness and two colour-opponent axes) with the
+    opponent axes scaled by ``CHROMA_GAIN`` about neutral, as uint8. Measured on ``ethiopian_head``, where the
+    sculpture's top is a dark brown patina against a dark green floor: the derived masks' IoU against the true masks
+    0.978 from RGB, 0.981 from CIELAB, 0.986 with the chroma doubled or tripled (their share of the top fifth of
+    the object lost: 1.15 %, 0.91 %, 0.38 %); each view's second pass started from its true mask grown 6 px: IoU
+    0.987 → 0.991 (RGB → doubled chroma), better in 32 of the 57 views and worse in none; on the 16-view test scene
+    0.910 → 0.903 (docs/BENCHMARKS.md)."""
     import cv2
 
     lab = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2Lab).astype(np.float32)
