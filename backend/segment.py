@@ -117,6 +117,25 @@ def projected_box(view: View, bounds: Bounds, width: int, height: int) -> np.nda
     return region
 
 
+CHROMA_GAIN = 2.0
+"""How much more GrabCut weighs a difference in hue and saturation than the same difference in lightness."""
+
+
+def grabcut_colours(image: np.ndarray) -> np.ndarray:
+    """An RGB uint8 image in the colours GrabCut compares: CIELAB (lightness and two colour-opponent axes) with the
+    opponent axes scaled by ``CHROMA_GAIN`` about neutral, as uint8. Measured on ``ethiopian_head``, where the
+    sculpture's top is a dark brown patina against a dark green floor: the derived masks' IoU against the true masks
+    0.978 from RGB, 0.981 from CIELAB, 0.986 with the chroma doubled or tripled (their share of the top fifth of
+    the object lost: 1.15 %, 0.91 %, 0.38 %); each view's second pass started from its true mask grown 6 px: IoU
+    0.987 → 0.991 (RGB → doubled chroma), better in 32 of the 57 views and worse in none; on the 16-view test scene
+    0.910 → 0.903 (docs/BENCHMARKS.md)."""
+    import cv2
+
+    lab = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2Lab).astype(np.float32)
+    lab[..., 1:] = 128.0 + CHROMA_GAIN * (lab[..., 1:] - 128.0)
+    return np.clip(lab + 0.5, 0, 255).astype(np.uint8)
+
+
 def run_grabcut(image: np.ndarray, labels: np.ndarray, config: SegmentConfig) -> np.ndarray | None:
     """(h, w) bool foreground of an RGB uint8 ``image`` from GrabCut started with OpenCV's ``labels`` (GC_BGD,
     GC_PR_FGD, ...), closed and with enclosed holes filled; None when GrabCut cannot run (e.g. too few pixels of
@@ -140,25 +159,6 @@ def run_grabcut(image: np.ndarray, labels: np.ndarray, config: SegmentConfig) ->
     if config.close_px > 0:
         foreground = cv2.morphologyEx(foreground.astype(np.uint8), cv2.MORPH_CLOSE, disc(config.close_px)) > 0
     return ndimage.binary_fill_holes(foreground)
-
-
-CHROMA_GAIN = 2.0
-"""How much more GrabCut weighs a difference in hue and saturation than the same difference in lightness."""
-
-
-def grabcut_colours(image: np.ndarray) -> np.ndarray:
-    """An RGB uint8 image in the colours GrabCut compares: CIELAB (lightness and two colour-opponent axes) with the
-    opponent axes scaled by ``CHROMA_GAIN`` about neutral, as uint8. Measured on ``ethiopian_head``, where the
-    sculpture's top is a dark brown patina against a dark green floor: the derived masks' IoU against the true masks
-    0.978 from RGB, 0.981 from CIELAB, 0.986 with the chroma doubled or tripled (their share of the top fifth of
-    the object lost: 1.15 %, 0.91 %, 0.38 %); each view's second pass started from its true mask grown 6 px: IoU
-    0.987 → 0.991 (RGB → doubled chroma), better in 32 of the 57 views and worse in none; on the 16-view test scene
-    0.910 → 0.903 (docs/BENCHMARKS.md)."""
-    import cv2
-
-    lab = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2Lab).astype(np.float32)
-    lab[..., 1:] = 128.0 + CHROMA_GAIN * (lab[..., 1:] - 128.0)
-    return np.clip(lab + 0.5, 0, 255).astype(np.uint8)
 
 
 def disc(radius: int) -> np.ndarray:

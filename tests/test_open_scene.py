@@ -21,7 +21,16 @@ from backend.inputs import load_job
 from backend.metrics import mesh_metrics
 from backend.pipeline import MASKS_FOLDER, config_from_options, reconstruct, write_outputs
 from backend.progress import Hooks
-from backend.segment import SegmentConfig, cell_pixels, derive_masks, isolate_object, per_view, run_grabcut, trimmed
+from backend.segment import (
+    SegmentConfig,
+    cell_pixels,
+    derive_masks,
+    grabcut_colours,
+    isolate_object,
+    per_view,
+    run_grabcut,
+    trimmed,
+)
 from backend.synthetic import TABLE_Z, SceneConfig, make_scene, scene_sdf, through_lens, write_scene_as_transforms
 from backend.views import Bounds, Job
 
@@ -79,7 +88,7 @@ def test_a_photos_segmentation_depends_on_no_other_photo():
     config = SegmentConfig(close_px=0)
     first = run_grabcut(image, labels, config)
     other_start = next(seed for seed in range(1, 20) if not np.array_equal(grabcut_from(image, labels, seed), first))
-    # (measured: 463 of 4096 pixels differ from seed 1's start)
+    # (measured: the first start that ends elsewhere is seed 17's, 499 of 4096 pixels differ)
     cv2.setRNGSeed(other_start)  # where a previous photo could have left this thread's generator
     assert np.array_equal(run_grabcut(image, labels, config), first)
     on_threads = per_view(lambda n: run_grabcut(image, labels, config), 3, Hooks(), "{n}")
@@ -87,14 +96,14 @@ def test_a_photos_segmentation_depends_on_no_other_photo():
 
 
 def grabcut_from(image: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
-    """OpenCV's GrabCut (5 iterations, as SegmentConfig) started from generator state ``seed``: its foreground,
-    enclosed holes filled (as run_grabcut)."""
+    """OpenCV's GrabCut (5 iterations, as SegmentConfig) on the colours run_grabcut gives it, started from
+    generator state ``seed``: its foreground, enclosed holes filled (as run_grabcut)."""
     import cv2
     from scipy import ndimage
 
     labels = labels.copy()
     cv2.setRNGSeed(seed)
-    cv2.grabCut(image[..., ::-1].copy(), labels, None, np.zeros((1, 65)), np.zeros((1, 65)), 5, cv2.GC_INIT_WITH_MASK)
+    cv2.grabCut(grabcut_colours(image), labels, None, np.zeros((1, 65)), np.zeros((1, 65)), 5, cv2.GC_INIT_WITH_MASK)
     return ndimage.binary_fill_holes((labels == cv2.GC_FGD) | (labels == cv2.GC_PR_FGD))
 
 
@@ -140,9 +149,10 @@ def real_photos(shared_data) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["DSC_0054", "DSC_0057"])
 def test_a_dark_rim_against_a_dark_floor_stays_object(real_photos, name, monkeypatch):
-    """Real photographs (``ethiopian_head``): the sculpture's dark brown top against a dark green floor. GrabCut
-    compares colours in CIELAB with the chroma doubled (``grabcut_colours``); in plain RGB it gives that rim to
-    the floor. The second pass is started from the true mask grown 6 px, so only the colours decide."""
+    """Real photographs (``ethiopian_head``): a dark bronze sculpture against a dark green floor. GrabCut compares
+    colours in CIELAB with the chroma doubled (``grabcut_colours``); in plain RGB it gives dark parts of the object
+    to the floor (in DSC_0054 1.45 % of the mask at the sculpture's brown top, 0.15 % now). The second pass is
+    started from the true mask grown 6 px, so only the colours decide."""
     from scipy import ndimage
 
     from backend import segment
@@ -153,7 +163,7 @@ def test_a_dark_rim_against_a_dark_floor_stays_object(real_photos, name, monkeyp
     ours = iou(segment.grabcut_around(view, start, SegmentConfig()), truth)
     monkeypatch.setattr(segment, "grabcut_colours", lambda image: np.ascontiguousarray(image[..., ::-1]))
     rgb = iou(segment.grabcut_around(view, start, SegmentConfig()), truth)
-    assert ours > 0.983 and rgb < 0.975, (ours, rgb)  # measured 0.984 / 0.9716 (DSC_0054), 0.9885 / 0.9731
+    assert ours > 0.98 and ours - rgb > 0.008, (ours, rgb)  # measured 0.9840 / 0.9716 (DSC_0054), 0.9885 / 0.9731
 
 
 def test_a_cells_width_in_pixels():
